@@ -1,0 +1,3 @@
+"""bindu: an A2A agent server paid per task with x402."""
+
+__version__ = "0.1.0"

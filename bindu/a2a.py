@@ -1,0 +1,132 @@
+"""A2A wire types: tasks, messages, parts, artifacts (camelCase on the wire only)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+
+class WireModel(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, serialize_by_alias=True, extra="ignore"
+    )
+
+    def wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class TaskState(StrEnum):
+    SUBMITTED = "submitted"
+    WORKING = "working"
+    INPUT_REQUIRED = "input-required"
+    COMPLETED = "completed"
+    CANCELED = "canceled"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    AUTH_REQUIRED = "auth-required"
+    UNKNOWN = "unknown"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (TaskState.COMPLETED, TaskState.CANCELED, TaskState.FAILED, TaskState.REJECTED)
+
+
+class TextPart(WireModel):
+    kind: Literal["text"] = "text"
+    text: str
+    metadata: dict[str, Any] | None = None
+
+
+class DataPart(WireModel):
+    kind: Literal["data"] = "data"
+    data: dict[str, Any]
+    metadata: dict[str, Any] | None = None
+
+
+Part = Annotated[TextPart | DataPart, Field(discriminator="kind")]
+
+
+class Message(WireModel):
+    kind: Literal["message"] = "message"
+    role: Literal["user", "agent"]
+    parts: list[Part] = Field(min_length=1)
+    message_id: str = Field(default_factory=new_id)
+    task_id: str | None = None
+    context_id: str | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class Artifact(WireModel):
+    artifact_id: str = Field(default_factory=new_id)
+    name: str | None = None
+    parts: list[Part]
+    metadata: dict[str, Any] | None = None
+
+
+class TaskStatus(WireModel):
+    state: TaskState
+    timestamp: datetime = Field(default_factory=utcnow)
+    message: Message | None = None
+
+
+class Task(WireModel):
+    kind: Literal["task"] = "task"
+    id: str = Field(default_factory=new_id)
+    context_id: str = Field(default_factory=new_id)
+    status: TaskStatus
+    history: list[Message] = Field(default_factory=list)
+    artifacts: list[Artifact] = Field(default_factory=list)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def state(self) -> TaskState:
+        return self.status.state
+
+    def with_status(self, state: TaskState, text: str | None = None) -> Task:
+        message = None
+        if text is not None:
+            message = Message(
+                role="agent", parts=[TextPart(text=text)], task_id=self.id, context_id=self.context_id
+            )
+        return self.model_copy(update={"status": TaskStatus(state=state, message=message)})
+
+
+class SendConfiguration(WireModel):
+    blocking: bool = True
+    history_length: int | None = Field(default=None, ge=0)
+    accepted_output_modes: list[str] | None = None
+
+
+class MessageSendParams(WireModel):
+    message: Message
+    configuration: SendConfiguration = Field(default_factory=SendConfiguration)
+    metadata: dict[str, Any] | None = None
+
+
+class TaskQueryParams(WireModel):
+    id: str
+    history_length: int | None = Field(default=None, ge=0)
+
+
+class TaskIdParams(WireModel):
+    id: str
+
+
+class TaskListParams(WireModel):
+    context_id: str | None = None
+    state: TaskState | None = None
+    page_size: int = Field(default=50, ge=1, le=500)
+    page_token: str | None = None

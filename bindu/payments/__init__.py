@@ -1,0 +1,1 @@
+"""x402 payments: the paywall, settle-first, and the durable payment records."""

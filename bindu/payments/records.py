@@ -1,0 +1,129 @@
+"""The durable payment record and its statuses (DESIGN §3).
+
+A record is written before ``/settle`` is sent and is the reconciler's source of truth.
+The signed payload lives only here, never in task output or logs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+# Task-metadata keys that show the payment state to A2A clients.
+META_STATUS = "x402.payment.status"
+META_RECEIPTS = "x402.payment.receipts"
+META_ERROR = "x402.payment.error"
+META_RECOVERED = "x402.payment.recovered"
+
+
+class PaymentStatus(StrEnum):
+    CLAIMED = "claimed"  # internal: nonce reserved, /verify not answered yet; never shown
+    VERIFIED = "payment-verified"
+    COMPLETED = "payment-completed"
+    FAILED = "payment-failed"
+    ORPHANED = "payment-orphaned"
+    VOID = "payment-void"
+    UNRESOLVED = "payment-unresolved"
+    REFUNDED = "payment-refunded"
+
+
+# Statuses whose outcome is unknown: the reconciler's candidates.
+OPEN_STATUSES = frozenset({PaymentStatus.VERIFIED, PaymentStatus.FAILED})
+FINAL_STATUSES = frozenset(
+    {
+        PaymentStatus.COMPLETED,
+        PaymentStatus.ORPHANED,
+        PaymentStatus.VOID,
+        PaymentStatus.UNRESOLVED,
+        PaymentStatus.REFUNDED,
+    }
+)
+
+
+@dataclass(frozen=True)
+class Receipt:
+    transaction: str
+    network: str
+    payer: str
+    amount: str
+    asset: str | None = None
+    block_number: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "transaction": self.transaction,
+            "network": self.network,
+            "payer": self.payer,
+            "amount": self.amount,
+        }
+        if self.asset is not None:
+            out["asset"] = self.asset
+        if self.block_number is not None:
+            out["blockNumber"] = self.block_number
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Receipt:
+        return cls(
+            transaction=str(data["transaction"]),
+            network=str(data["network"]),
+            payer=str(data["payer"]),
+            amount=str(data["amount"]),
+            asset=data.get("asset"),
+            block_number=data.get("blockNumber"),
+        )
+
+
+@dataclass(frozen=True)
+class PaymentRecord:
+    """One x402 payment, keyed by ``id``; unique on (network, asset, payer, nonce)."""
+
+    id: str
+    task_id: str
+    status: PaymentStatus
+    network: str
+    asset: str
+    pay_to: str
+    payer: str
+    amount: str
+    nonce: str  # 0x-prefixed 32-byte hex, lower case
+    valid_after: int
+    valid_before: int
+    # Full x402 PaymentPayload / PaymentRequirements as JSON (camelCase). The payload is
+    # signed: never log it and never return it from tasks/get.
+    payload: dict[str, Any] | None
+    requirements: dict[str, Any] | None
+    created_at: datetime
+    updated_at: datetime
+    settle_tx: str | None = None  # a hash the facilitator reported, even on failure
+    error: str | None = None
+    answers: list[dict[str, Any]] = field(default_factory=list)  # facilitator/probe answers
+    attempts: int = 0
+    next_check_at: datetime | None = None
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+    receipt: Receipt | None = None
+    verdict_at: datetime | None = None
+    # Set by storage when a stored column could not be decoded: the record is corrupt.
+    decode_error: str | None = None
+
+    def evolve(self, **changes: Any) -> PaymentRecord:
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class PaymentUpdate:
+    """Fields to change in a compare-and-set transition; None means "leave as is"."""
+
+    status: PaymentStatus | None = None
+    settle_tx: str | None = None
+    error: str | None = None
+    clear_error: bool = False
+    answer: dict[str, Any] | None = None  # appended to ``answers``
+    attempts: int | None = None
+    next_check_at: datetime | None = None
+    receipt: Receipt | None = None
+    verdict_at: datetime | None = None
+    release_lease: bool = False

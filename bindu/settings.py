@@ -1,0 +1,185 @@
+"""Settings from the environment (nested delimiter ``__``, optional ``.env``).
+
+``load_settings`` turns pydantic's validation report into one line that names the
+environment variable, so a bad deployment stops with a message an operator can act on.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from typing import Annotated
+
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from bindu.errors import SettingsError
+
+_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
+_CAIP2_EVM = re.compile(r"^eip155:[0-9]+$")
+
+
+class StorageSettings(BaseModel):
+    url: str = "sqlite:///bindu.db"
+    # Postgres only: the schema that holds bindu's tables (created when missing).
+    schema_name: str = Field(default="public", alias="schema")
+    pool_size: int = Field(default=10, ge=1, le=200)
+
+    model_config = {"populate_by_name": True}
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if not (
+            value.startswith("sqlite:///")
+            or value == "memory://"
+            or value.startswith(("postgresql://", "postgres://"))
+        ):
+            raise ValueError("must start with sqlite:///, postgresql:// or be memory://")
+        return value
+
+    @field_validator("schema_name")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", value):
+            raise ValueError("must be a lower-case SQL identifier")
+        return value
+
+
+class ServerSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(default=3773, ge=0, le=65535)
+    url: str | None = None  # public URL for the agent card; defaults to http://host:port
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    workers: int = Field(default=4, ge=1, le=256)
+    # message/send with blocking=true waits at most this long before returning the task.
+    blocking_timeout_seconds: float = Field(default=60.0, gt=0)
+    agent_name: str = "bindu agent"
+    agent_description: str = "An agent served by bindu, paid per task with x402."
+
+
+class ReconciliationSettings(BaseModel):
+    enabled: bool = True
+    interval_seconds: float = Field(default=10.0, gt=0)
+    batch_size: int = Field(default=50, ge=1, le=10_000)
+    concurrency: int = Field(default=8, ge=1, le=1024)
+    max_attempts: int = Field(default=12, ge=1, le=1000)
+    policy: Literal["record", "fulfill"] = "record"
+    webhook_url: str | None = None
+    # How long a replica may hold a claimed payment before another may take it.
+    lease_seconds: float = Field(default=60.0, gt=0)
+    # A payment-verified record older than settle timeout + this margin is presumed abandoned.
+    stale_margin_seconds: float = Field(default=30.0, ge=0)
+
+
+class X402Settings(BaseModel):
+    facilitator_url: str | None = None
+    pay_to: str | None = None
+    network: str = "eip155:84532"
+    asset: str | None = None
+    amount: int = Field(default=10_000, gt=0)
+    asset_name: str = "USD Coin"
+    asset_version: str = "2"
+    max_timeout_seconds: int = Field(default=300, ge=10)
+    settle_timeout_seconds: float = Field(default=15.0, gt=0)
+    verify_timeout_seconds: float = Field(default=15.0, gt=0)
+    protected_methods: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["message/send"]
+    )
+    # NoDecode: our validator parses the JSON so a typo is reported under its own name.
+    rpc_urls: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    confirmations: int = Field(default=1, ge=0, le=1000)
+    reconciliation: ReconciliationSettings = Field(default_factory=ReconciliationSettings)
+
+    @property
+    def enabled(self) -> bool:
+        return self.pay_to is not None
+
+    @field_validator("pay_to", "asset")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None and not _ADDRESS.match(value):
+            raise ValueError("must be a 0x-prefixed 20-byte hex address")
+        return value
+
+    @field_validator("protected_methods", mode="before")
+    @classmethod
+    def _methods_csv(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [m.strip() for m in value.split(",") if m.strip()]
+        return value
+
+    @field_validator("network")
+    @classmethod
+    def _caip2(cls, value: str) -> str:
+        if not _CAIP2_EVM.match(value):
+            raise ValueError("must be a CAIP-2 EVM network such as eip155:8453")
+        return value
+
+    @field_validator("rpc_urls", mode="before")
+    @classmethod
+    def _rpc_json(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value) if value.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"must be a JSON object of network to URL ({exc.msg})") from exc
+        if isinstance(value, dict):
+            for network, url in value.items():
+                if not _CAIP2_EVM.match(str(network)):
+                    raise ValueError(f"key {network!r} is not a CAIP-2 EVM network")
+                if not str(url).startswith(("http://", "https://")):
+                    raise ValueError(f"URL for {network} must be http(s)")
+        return value
+
+    @model_validator(mode="after")
+    def _complete_when_enabled(self) -> X402Settings:
+        if self.pay_to is not None:
+            if not self.facilitator_url:
+                raise ValueError("facilitator_url: required when X402__PAY_TO is set")
+            if not self.asset:
+                raise ValueError("asset: required when X402__PAY_TO is set")
+        return self
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_nested_delimiter="__",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+    )
+
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    x402: X402Settings = Field(default_factory=X402Settings)
+    log_level: str = "INFO"
+
+
+def _variable_name(loc: tuple[int | str, ...], message: str) -> str:
+    parts = [str(p) for p in loc if not str(p).isdigit()]
+    # Model-level checks report the field inside the message ("field: reason").
+    if message.startswith("Value error, ") and ": " in message:
+        field, _, _ = message.removeprefix("Value error, ").partition(": ")
+        if re.fullmatch(r"[a-z_]+", field):
+            parts.append(field)
+    if parts and parts[-1] == "schema_name":
+        parts[-1] = "schema"
+    return "__".join(p.upper() for p in parts) or "settings"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings; a bad value raises SettingsError with one line naming the variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        message = str(error["msg"])
+        name = _variable_name(tuple(error["loc"]), message)
+        reason = message.removeprefix("Value error, ")
+        if ": " in reason and reason.split(": ", 1)[0].isidentifier():
+            reason = reason.split(": ", 1)[1]
+        raise SettingsError(f"{name}: {reason}") from None

@@ -1,0 +1,92 @@
+"""The storage protocol every backend implements (and the shared conformance suite tests).
+
+Tasks are stored as whole A2A documents. Payment records have their own table in SQL
+backends, unique on (network, asset, payer, nonce) so a replayed authorization is refused
+across restarts and replicas. Status changes are compare-and-set: a write names the
+statuses it expects to replace and does nothing (returns None) when another writer got
+there first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from datetime import datetime
+from typing import Protocol
+
+from bindu.a2a import Task, TaskState
+from bindu.payments.records import PaymentRecord, PaymentStatus, PaymentUpdate
+
+
+class Storage(Protocol):
+    async def open(self) -> None:
+        """Connect and create or upgrade the schema (never dropping data)."""
+
+    async def close(self) -> None: ...
+
+    # Tasks
+
+    async def create_task(self, task: Task) -> None:
+        """Insert a new task; raises StorageError if the id exists."""
+
+    async def get_task(self, task_id: str) -> Task | None: ...
+
+    async def save_task(self, task: Task) -> None:
+        """Overwrite a task's document (it must exist)."""
+
+    async def list_tasks(
+        self,
+        *,
+        context_id: str | None = None,
+        state: TaskState | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[Task]:
+        """Tasks oldest first (created_at, then id)."""
+
+    # Payments
+
+    async def claim_payment(self, record: PaymentRecord) -> bool:
+        """Insert a record; False if (network, asset, payer, nonce) is already taken."""
+
+    async def release_claim(self, payment_id: str) -> None:
+        """Delete a record that is still ``claimed`` (verify refused it): the nonce is free."""
+
+    async def get_payment(self, payment_id: str) -> PaymentRecord | None: ...
+
+    async def get_payment_for_task(self, task_id: str) -> PaymentRecord | None:
+        """The newest payment record of a task."""
+
+    async def transition_payment(
+        self,
+        payment_id: str,
+        expected: Collection[PaymentStatus],
+        update: PaymentUpdate,
+        *,
+        now: datetime,
+        lease_owner: str | None = None,
+        task: Task | None = None,
+    ) -> PaymentRecord | None:
+        """Apply ``update`` only if the status is one of ``expected`` (and, when
+        ``lease_owner`` is given, the lease is held by that owner). ``task``, when given,
+        is saved (inserted or overwritten) in the same transaction. Returns the new record,
+        or None when the compare-and-set lost."""
+
+    async def claim_due_payments(
+        self, *, now: datetime, limit: int, owner: str, lease_seconds: float
+    ) -> list[PaymentRecord]:
+        """Lease up to ``limit`` open records (payment-verified / payment-failed) whose
+        ``next_check_at`` is due and whose lease is free or expired, oldest due first.
+        Two concurrent callers never receive the same record while its lease holds."""
+
+    async def list_payments(
+        self,
+        *,
+        statuses: Collection[PaymentStatus] | None = None,
+        created_before: datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[PaymentRecord]:
+        """Records oldest first, for operators."""
+
+    async def count_payments(self) -> dict[PaymentStatus, int]:
+        """Number of records per status."""
