@@ -19,6 +19,8 @@ from bindu.errors import SettingsError
 
 _ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
 _CAIP2_EVM = re.compile(r"^eip155:[0-9]+$")
+# Methods whose work is settle-first; others have no unit of work to charge for.
+PAYABLE_METHODS = frozenset({"message/send"})
 
 
 class StorageSettings(BaseModel):
@@ -108,7 +110,9 @@ class X402Settings(BaseModel):
     @classmethod
     def _methods_csv(cls, value: Any) -> Any:
         if isinstance(value, str):
-            return [m.strip() for m in value.split(",") if m.strip()]
+            value = [m.strip() for m in value.split(",") if m.strip()]
+        if isinstance(value, list) and not set(value) <= PAYABLE_METHODS:
+            raise ValueError(f"only {sorted(PAYABLE_METHODS)} can be paid for")
         return value
 
     @field_validator("network")

@@ -1,0 +1,1 @@
+"""The ``bindu`` command line."""

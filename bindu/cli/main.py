@@ -1,0 +1,71 @@
+"""``bindu`` — serve an agent, run the devnet or the demo, reconcile, operate payments."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from bindu.errors import BinduError
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from bindu.cli.serve import serve
+
+    return serve(args)
+
+
+def _devnet(args: argparse.Namespace) -> int:
+    from bindu.cli.devnet import devnet
+
+    return devnet(args)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from bindu.cli.demo import demo
+
+    return demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bindu", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the agent server")
+    serve.add_argument("--agent", required=True, help="MODULE:ATTR of the agent callable")
+    serve.add_argument("--host", help="bind address (default SERVER__HOST)")
+    serve.add_argument("--port", type=int, help="port (default SERVER__PORT)")
+    serve.set_defaults(run=_serve)
+
+    devnet = sub.add_parser("devnet", help="run a local chain, token and facilitator")
+    devnet.add_argument(
+        "--env-file", help="also write the server environment to this file (KEY=VALUE lines)"
+    )
+    devnet.add_argument(
+        "--payer-key-file",
+        help="write a funded payer's private key to this file (mode 600), for paying clients",
+    )
+    devnet.set_defaults(run=_devnet)
+
+    demo = sub.add_parser("demo", help="the paid-task and orphan-recovery story on the devnet")
+    demo.add_argument("--storage-url", help="storage for the demo (default: a temporary SQLite)")
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except BinduError as exc:
+        print(f"bindu: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Settle-first: send ``/settle`` under a deadline and read the answer by ``error_reason``.
+
+The SDK's HTTPFacilitatorClient raises ``ValueError("Facilitator settle failed (STATUS):
+BODY")`` on any non-200 reply, and some hosted facilitators answer ``settlement_pending``
+as HTTP 500: the transaction hash then sits inside that error text, so we dig it out
+rather than lose it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from x402.schemas import SettleResponse
+
+SETTLEMENT_PENDING = "settlement_pending"
+_HTTP_ERROR = re.compile(r"^Facilitator (?:settle|verify) failed \((\d{3})\): (.*)$", re.S)
+_TX_HASH = re.compile(r"^0x[0-9a-fA-F]{64}$")
+
+
+class SettleKind(StrEnum):
+    SETTLED = "settled"  # success=true: money moved, receipt known
+    PENDING = "pending"  # broadcast, not confirmed: hash known, outcome open
+    FAILED = "failed"  # refused, errored or timed out: outcome unknown until reconciled
+
+
+@dataclass(frozen=True)
+class SettleOutcome:
+    kind: SettleKind
+    reason: str | None
+    transaction: str | None
+    answer: dict[str, Any]  # what to keep on the record (never the signed payload)
+
+
+def _tx(value: Any) -> str | None:
+    return value if isinstance(value, str) and _TX_HASH.match(value) else None
+
+
+def from_response(response: SettleResponse) -> SettleOutcome:
+    answer = response.model_dump(mode="json", by_alias=True, exclude_none=True)
+    answer.pop("extensionResponses", None)
+    tx = _tx(response.transaction)
+    if response.success:
+        return SettleOutcome(SettleKind.SETTLED, None, tx, answer)
+    reason = response.error_reason or "settle_failed"
+    if reason == SETTLEMENT_PENDING and tx:
+        return SettleOutcome(SettleKind.PENDING, reason, tx, answer)
+    return SettleOutcome(SettleKind.FAILED, reason, tx, answer)
+
+
+def from_http_error(exc: Exception) -> SettleOutcome:
+    """Read an SDK error for a non-200 reply; keep any hash and reason the body carries."""
+    text = str(exc)
+    match = _HTTP_ERROR.match(text)
+    if match is None:
+        reason = f"{type(exc).__name__}: {text}"[:300]
+        return SettleOutcome(SettleKind.FAILED, reason, None, {"error": reason})
+    status, body = int(match.group(1)), match.group(2)
+    try:
+        doc = json.loads(body)
+    except json.JSONDecodeError:
+        doc = None
+    if isinstance(doc, dict):
+        tx = _tx(doc.get("transaction"))
+        reason = doc.get("errorReason") or doc.get("error") or f"http_{status}"
+        answer = {"httpStatus": status, **{k: v for k, v in doc.items() if k != "payload"}}
+        if reason == SETTLEMENT_PENDING and tx:
+            return SettleOutcome(SettleKind.PENDING, reason, tx, answer)
+        return SettleOutcome(SettleKind.FAILED, str(reason)[:300], tx, answer)
+    reason = f"http_{status}: {body[:200]}"
+    return SettleOutcome(SettleKind.FAILED, reason, None, {"httpStatus": status, "error": reason})
+
+
+async def settle_with_deadline(settle: Any, timeout: float) -> SettleOutcome:
+    """Await ``settle`` (a coroutine returning SettleResponse) for at most ``timeout`` s."""
+    try:
+        response = await asyncio.wait_for(settle, timeout)
+    except TimeoutError:
+        reason = f"settle_timeout: no answer within {timeout:g}s"
+        return SettleOutcome(SettleKind.FAILED, reason, None, {"error": reason})
+    except Exception as exc:  # transport errors, HTTP errors, malformed answers
+        return from_http_error(exc)
+    return from_response(response)

@@ -1,0 +1,1 @@
+"""HTTP surface: the Starlette app, JSON-RPC dispatch, TaskManager and workers."""

@@ -1,0 +1,200 @@
+"""The Starlette app: JSON-RPC on ``POST /``, agent card, health and metrics."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from loguru import logger
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from bindu import __version__
+from bindu.a2a import MessageSendParams, new_id, utcnow
+from bindu.agent import Agent
+from bindu.metrics import PAYWALL_REFUSALS
+from bindu.payments.paywall import Refusal
+from bindu.server import jsonrpc
+from bindu.server.handlers import Handlers, parse_params
+from bindu.server.jsonrpc import RpcError
+from bindu.server.services import Service
+from bindu.server.task_manager import TaskManager
+from bindu.settings import Settings
+from bindu.storage.base import Storage
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def rpc_response(body: dict[str, Any], status: int = 200, **kw: Any) -> JSONResponse:
+    return JSONResponse(body, status_code=status, **kw)
+
+
+class RpcEndpoint:
+    def __init__(self, manager: TaskManager) -> None:
+        self._tm = manager
+        self._handlers = Handlers(manager)
+        self._table = self._handlers.table()
+        x402 = manager.settings.x402
+        self._protected = set(x402.protected_methods) if x402.enabled else set()
+
+    async def __call__(self, request: Request) -> Response:
+        limit = self._tm.settings.server.max_body_bytes
+        try:
+            body = await read_body(request, limit)
+        except BodyTooLarge:
+            return rpc_response(
+                jsonrpc.error(None, jsonrpc.INVALID_REQUEST, f"request body over {limit} bytes"),
+                413,
+            )
+        request_id: jsonrpc.RequestId = None
+        try:
+            rpc = jsonrpc.parse_request(body)
+            request_id = rpc.id
+            handler = self._table.get(rpc.method)
+            if handler is None:
+                raise RpcError(jsonrpc.METHOD_NOT_FOUND, f"Method not found: {rpc.method}")
+            if rpc.method in self._protected:
+                return await self._paid(request, rpc)
+            return rpc_response(jsonrpc.result(rpc.id, await handler(rpc.params)))
+        except RpcError as exc:
+            rid = exc.request_id if exc.request_id is not None else request_id
+            return rpc_response(jsonrpc.error(rid, exc.code, exc.message, exc.data))
+        except Exception:
+            logger.exception("unexpected error answering a JSON-RPC request")
+            return rpc_response(jsonrpc.error(request_id, jsonrpc.INTERNAL_ERROR, "Internal error"))
+
+    async def _paid(self, request: Request, rpc: jsonrpc.RpcRequest) -> Response:
+        # Validate the request before looking at money, so bad input never costs anything.
+        params = parse_params(MessageSendParams, rpc.params)
+        task_id = new_id()
+        self._handlers.new_task(params, task_id)
+        paywall = self._tm.paywall
+        if paywall is None or not await paywall.ready():
+            PAYWALL_REFUSALS.labels("503").inc()
+            return rpc_response(
+                jsonrpc.error(
+                    rpc.id, jsonrpc.PAYMENT_UNAVAILABLE, "payment facilitator unavailable"
+                ),
+                503,
+            )
+        now = utcnow()
+        admitted = await paywall.admit(request.headers, task_id, now)
+        if isinstance(admitted, Refusal):
+            PAYWALL_REFUSALS.labels(str(admitted.status)).inc()
+            if admitted.status == 402:
+                body, headers = await paywall.payment_required(admitted.reason)
+                return JSONResponse(body, status_code=402, headers=headers)
+            return rpc_response(
+                jsonrpc.error(rpc.id, jsonrpc.PAYMENT_UNAVAILABLE, admitted.reason), 503
+            )
+        result = await self._handlers.message_send(
+            rpc.params, task_id=task_id, admission=admitted, now=now
+        )
+        return rpc_response(jsonrpc.result(rpc.id, result))
+
+
+def agent_card(settings: Settings, url: str) -> dict[str, Any]:
+    server = settings.server
+    card: dict[str, Any] = {
+        "name": server.agent_name,
+        "description": server.agent_description,
+        "url": url,
+        "version": __version__,
+        "protocolVersion": "0.3.0",
+        "preferredTransport": "JSONRPC",
+        "capabilities": {"streaming": False, "pushNotifications": False},
+        "defaultInputModes": ["text/plain"],
+        "defaultOutputModes": ["text/plain", "application/json"],
+        "skills": [
+            {
+                "id": "default",
+                "name": server.agent_name,
+                "description": server.agent_description,
+                "tags": ["agent"],
+            }
+        ],
+    }
+    if settings.x402.enabled:
+        x402 = settings.x402
+        card["x402"] = {
+            "network": x402.network,
+            "asset": x402.asset,
+            "amount": str(x402.amount),
+            "payTo": x402.pay_to,
+            "protectedMethods": x402.protected_methods,
+        }
+    return card
+
+
+def create_app(
+    settings: Settings,
+    agent: Agent,
+    *,
+    storage: Storage | None = None,
+    services: list[Service] | None = None,
+) -> Starlette:
+    state: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with TaskManager(settings, agent, storage=storage, services=services) as manager:
+            state["manager"] = manager
+            state["rpc"] = RpcEndpoint(manager)
+            app.state.manager = manager
+            yield
+
+    async def rpc(request: Request) -> Response:
+        endpoint: RpcEndpoint = state["rpc"]
+        return await endpoint(request)
+
+    async def card(request: Request) -> Response:
+        manager: TaskManager = state["manager"]
+        return JSONResponse(agent_card(settings, manager.resource_url))
+
+    async def health(request: Request) -> Response:
+        manager: TaskManager = state["manager"]
+        paywall = manager.paywall
+        return JSONResponse(
+            {
+                "status": "ok",
+                "services": manager.supervisor.running,
+                "x402": {
+                    "enabled": paywall is not None,
+                    "ready": bool(paywall and await paywall.ready()),
+                },
+            }
+        )
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(
+        routes=[
+            Route("/", rpc, methods=["POST"]),
+            Route("/.well-known/agent.json", card, methods=["GET"]),
+            Route("/.well-known/agent-card.json", card, methods=["GET"]),
+            Route("/health", health, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )

@@ -1,0 +1,167 @@
+"""A2A JSON-RPC methods: message/send, tasks/get, tasks/list, tasks/cancel."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from bindu.a2a import (
+    MessageSendParams,
+    Task,
+    TaskIdParams,
+    TaskListParams,
+    TaskQueryParams,
+    TaskState,
+    TaskStatus,
+    new_id,
+    utcnow,
+)
+from bindu.payments.paywall import Admission
+from bindu.payments.records import META_ERROR, META_STATUS, PaymentStatus, PaymentUpdate
+from bindu.server.jsonrpc import (
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    TASK_NOT_CANCELABLE,
+    TASK_NOT_FOUND,
+    UNSUPPORTED_OPERATION,
+    RpcError,
+)
+from bindu.server.task_manager import TaskManager
+
+M = TypeVar("M", bound=BaseModel)
+
+Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+
+
+def parse_params(model: type[M], params: dict[str, Any]) -> M:
+    try:
+        return model.model_validate(params)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "params"
+        raise RpcError(INVALID_PARAMS, f"Invalid params: {where}: {first['msg']}") from None
+
+
+def render(task: Task, history_length: int | None = None) -> dict[str, Any]:
+    if history_length is not None:
+        keep = task.history[-history_length:] if history_length else []
+        task = task.model_copy(update={"history": keep})
+    return task.wire()
+
+
+class Handlers:
+    def __init__(self, manager: TaskManager) -> None:
+        self._tm = manager
+        self._storage = manager.storage
+
+    def table(self) -> dict[str, Handler]:
+        return {
+            "message/send": self.message_send,
+            "tasks/get": self.tasks_get,
+            "tasks/list": self.tasks_list,
+            "tasks/cancel": self.tasks_cancel,
+        }
+
+    def new_task(self, params: MessageSendParams, task_id: str) -> Task:
+        message = params.message
+        if message.role != "user":
+            raise RpcError(INVALID_PARAMS, "Invalid params: message.role must be 'user'")
+        if message.task_id is not None:
+            raise RpcError(
+                UNSUPPORTED_OPERATION, "continuing an existing task is not supported; omit taskId"
+            )
+        task = Task(id=task_id, status=TaskStatus(state=TaskState.SUBMITTED))
+        if message.context_id:
+            task.context_id = message.context_id
+        stored = message.model_copy(update={"task_id": task.id, "context_id": task.context_id})
+        task.history = [stored]
+        return task
+
+    async def message_send(
+        self,
+        raw: dict[str, Any],
+        *,
+        task_id: str | None = None,
+        admission: Admission | None = None,
+        now: datetime | None = None,
+    ) -> Any:
+        params = parse_params(MessageSendParams, raw)
+        task = self.new_task(params, task_id or new_id())
+        if admission is None:
+            await self._storage.create_task(task)
+        else:
+            now = now or utcnow()
+            task.metadata[META_STATUS] = PaymentStatus.VERIFIED.value
+            recorded = await self._storage.transition_payment(
+                admission.record.id,
+                {PaymentStatus.CLAIMED},
+                PaymentUpdate(
+                    status=PaymentStatus.VERIFIED, next_check_at=now + self._tm.stale_after
+                ),
+                now=now,
+                task=task,
+            )
+            if recorded is None:
+                raise RpcError(INTERNAL_ERROR, "payment record vanished before the task started")
+        await self._tm.submit(task.id)
+        if params.configuration.blocking:
+            await self._tm.wait(task.id, self._tm.settings.server.blocking_timeout_seconds)
+        stored = await self._storage.get_task(task.id)
+        return render(stored or task, params.configuration.history_length)
+
+    async def tasks_get(self, raw: dict[str, Any]) -> Any:
+        params = parse_params(TaskQueryParams, raw)
+        task = await self._storage.get_task(params.id)
+        if task is None:
+            raise RpcError(TASK_NOT_FOUND, f"Task not found: {params.id}")
+        return render(task, params.history_length)
+
+    async def tasks_list(self, raw: dict[str, Any]) -> Any:
+        params = parse_params(TaskListParams, raw)
+        offset = 0
+        if params.page_token is not None:
+            if not params.page_token.isdigit():
+                raise RpcError(INVALID_PARAMS, "Invalid params: pageToken is not one we issued")
+            offset = int(params.page_token)
+        tasks = await self._storage.list_tasks(
+            context_id=params.context_id,
+            state=params.state,
+            limit=params.page_size + 1,
+            offset=offset,
+        )
+        more = len(tasks) > params.page_size
+        page = tasks[: params.page_size]
+        return {
+            "tasks": [render(t, 0) for t in page],
+            "nextPageToken": str(offset + len(page)) if more else None,
+        }
+
+    async def tasks_cancel(self, raw: dict[str, Any]) -> Any:
+        params = parse_params(TaskIdParams, raw)
+        task = await self._storage.get_task(params.id)
+        if task is None:
+            raise RpcError(TASK_NOT_FOUND, f"Task not found: {params.id}")
+        if task.state is not TaskState.SUBMITTED or not self._tm.withdraw(task.id):
+            raise RpcError(TASK_NOT_CANCELABLE, f"Task cannot be canceled in state {task.state}")
+        canceled = task.with_status(TaskState.CANCELED, "canceled by the client")
+        payment = await self._storage.get_payment_for_task(task.id)
+        if payment is None:
+            await self._storage.save_task(canceled)
+            return render(canceled)
+        # Never sent to /settle; whether the authorization is spent elsewhere is for the
+        # reconciler to prove (void once it expires unused).
+        now = utcnow()
+        reason = "task canceled before settlement; never sent to /settle"
+        canceled.metadata[META_STATUS] = PaymentStatus.FAILED.value
+        canceled.metadata[META_ERROR] = reason
+        await self._storage.transition_payment(
+            payment.id,
+            {PaymentStatus.VERIFIED},
+            PaymentUpdate(status=PaymentStatus.FAILED, error=reason, next_check_at=now),
+            now=now,
+            task=canceled,
+        )
+        return render(canceled)

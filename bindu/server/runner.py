@@ -1,0 +1,205 @@
+"""Runs one task: settle first (no free work), then the agent.
+
+Every payment status change is a compare-and-set on the payment record, written in the
+same transaction as the task it describes.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from loguru import logger
+from x402.schemas import PaymentPayload, PaymentRequirements
+
+from bindu.a2a import Artifact, Message, Task, TaskState, utcnow
+from bindu.agent import Agent, call_agent
+from bindu.metrics import AGENT_RUNS, PAYMENTS, TASKS
+from bindu.payments.paywall import Paywall
+from bindu.payments.records import (
+    META_ERROR,
+    META_RECEIPTS,
+    META_STATUS,
+    PaymentRecord,
+    PaymentStatus,
+    PaymentUpdate,
+    Receipt,
+)
+from bindu.payments.settle import SettleKind
+from bindu.storage.base import Storage
+
+
+def with_payment_meta(
+    task: Task, status: PaymentStatus, *, receipt: Receipt | None = None, error: str | None = None
+) -> Task:
+    metadata = dict(task.metadata)
+    metadata[META_STATUS] = status.value
+    if receipt is not None:
+        metadata[META_RECEIPTS] = [receipt.to_json()]
+    if error is None:
+        metadata.pop(META_ERROR, None)
+    else:
+        metadata[META_ERROR] = error
+    return task.model_copy(update={"metadata": metadata})
+
+
+class TaskRunner:
+    def __init__(
+        self, storage: Storage, agent: Agent, paywall: Paywall | None, stale_after: timedelta
+    ) -> None:
+        self._storage = storage
+        self._agent = agent
+        self._paywall = paywall
+        # A payment-verified record untouched this long is presumed abandoned (crash).
+        self._stale_after = stale_after
+
+    async def run(self, task_id: str) -> None:
+        task = await self._storage.get_task(task_id)
+        if task is None or task.state is not TaskState.SUBMITTED:
+            return  # canceled or already taken
+        task = task.with_status(TaskState.WORKING)
+        await self._storage.save_task(task)
+        payment = await self._storage.get_payment_for_task(task_id)
+        if payment is not None:
+            settled = await self._settle(task, payment)
+            if settled is None:
+                return
+            task, payment = settled
+        await self._execute(task, payment)
+
+    async def _settle(
+        self, task: Task, record: PaymentRecord
+    ) -> tuple[Task, PaymentRecord] | None:
+        if self._paywall is None or record.payload is None or record.requirements is None:
+            await self._fail_unsettled(task, record, "payments are not configured on this server")
+            return None
+        payload = PaymentPayload.model_validate(record.payload)
+        requirements = PaymentRequirements.model_validate(record.requirements)
+        # Restart the staleness clock now (the task may have waited in the queue), and make
+        # sure nobody has judged this payment in the meantime.
+        started = await self._storage.transition_payment(
+            record.id,
+            {PaymentStatus.VERIFIED},
+            PaymentUpdate(next_check_at=utcnow() + self._stale_after),
+            now=utcnow(),
+        )
+        if started is None:
+            logger.error("payment {} changed before settlement; not settling", record.id)
+            await self._storage.save_task(
+                task.with_status(TaskState.FAILED, "payment state changed before settlement")
+            )
+            return None
+        outcome = await self._paywall.settle(payload, requirements)
+        now = utcnow()
+        if outcome.kind is SettleKind.SETTLED:
+            receipt = Receipt(
+                transaction=outcome.transaction or "",
+                network=record.network,
+                payer=record.payer,
+                amount=record.amount,
+                asset=record.asset,
+            )
+            task = with_payment_meta(task, PaymentStatus.COMPLETED, receipt=receipt)
+            done = await self._storage.transition_payment(
+                record.id,
+                {PaymentStatus.VERIFIED},
+                PaymentUpdate(
+                    status=PaymentStatus.COMPLETED,
+                    settle_tx=outcome.transaction,
+                    receipt=receipt,
+                    answer={"source": "settle", "at": now.isoformat(), **outcome.answer},
+                    verdict_at=now,
+                ),
+                now=now,
+                task=task,
+            )
+            if done is None:
+                # Someone else (a reconciler that judged us dead) owns this payment now.
+                logger.error("payment {} changed under the worker; not running", record.id)
+                await self._storage.save_task(
+                    task.with_status(TaskState.FAILED, "payment state changed during settlement")
+                )
+                return None
+            PAYMENTS.labels(PaymentStatus.COMPLETED.value).inc()
+            logger.info("payment settled: task={} tx={}", task.id, outcome.transaction)
+            return task, done
+        reason = outcome.reason or "settle failed"
+        await self._fail_unsettled(task, record, reason, outcome.transaction, outcome.answer)
+        return None
+
+    async def _fail_unsettled(
+        self,
+        task: Task,
+        record: PaymentRecord,
+        reason: str,
+        tx: str | None = None,
+        answer: dict[str, object] | None = None,
+    ) -> None:
+        now = utcnow()
+        task = with_payment_meta(task, PaymentStatus.FAILED, error=reason)
+        task = task.with_status(TaskState.FAILED, f"payment settlement failed: {reason}")
+        await self._storage.transition_payment(
+            record.id,
+            {PaymentStatus.VERIFIED},
+            PaymentUpdate(
+                status=PaymentStatus.FAILED,
+                settle_tx=tx,
+                error=reason,
+                answer={"source": "settle", "at": now.isoformat(), **(answer or {})},
+                next_check_at=now,  # the reconciler's next pass takes it
+            ),
+            now=now,
+            task=task,
+        )
+        PAYMENTS.labels(PaymentStatus.FAILED.value).inc()
+        TASKS.labels(TaskState.FAILED.value).inc()
+        logger.warning("payment settle failed: task={} reason={} tx={}", task.id, reason, tx)
+
+    async def _execute(self, task: Task, payment: PaymentRecord | None) -> None:
+        try:
+            parts = await call_agent(self._agent, task.history)
+        except Exception as exc:
+            AGENT_RUNS.labels("error").inc()
+            reason = f"agent failed: {type(exc).__name__}: {exc}"[:500]
+            logger.warning("agent failed on task {}: {}", task.id, reason)
+            failed = task.with_status(TaskState.FAILED, reason)
+            if payment is not None:
+                await self._orphan_after_agent_failure(failed, payment, reason)
+            else:
+                await self._storage.save_task(failed)
+            TASKS.labels(TaskState.FAILED.value).inc()
+            return
+        AGENT_RUNS.labels("ok").inc()
+        reply = Message(role="agent", parts=parts, task_id=task.id, context_id=task.context_id)
+        done = task.model_copy(
+            update={
+                "history": [*task.history, reply],
+                "artifacts": [*task.artifacts, Artifact(name="result", parts=parts)],
+            }
+        ).with_status(TaskState.COMPLETED)
+        await self._storage.save_task(done)
+        TASKS.labels(TaskState.COMPLETED.value).inc()
+
+    async def _orphan_after_agent_failure(
+        self, task: Task, payment: PaymentRecord, reason: str
+    ) -> None:
+        # Money moved (settle succeeded) but no work was delivered: an orphan, known at once.
+        now = utcnow()
+        task = with_payment_meta(
+            task, PaymentStatus.ORPHANED, receipt=payment.receipt, error=reason
+        )
+        await self._storage.transition_payment(
+            payment.id,
+            {PaymentStatus.COMPLETED},
+            PaymentUpdate(status=PaymentStatus.ORPHANED, error=reason, verdict_at=now),
+            now=now,
+            task=task,
+        )
+        PAYMENTS.labels(PaymentStatus.ORPHANED.value).inc()
+        logger.error(
+            "payment orphaned: task={} tx={} payer={} amount={} ({})",
+            task.id,
+            payment.settle_tx,
+            payment.payer,
+            payment.amount,
+            reason,
+        )

@@ -1,0 +1,70 @@
+import subprocess
+import sys
+
+import pytest
+
+from bindu.errors import SettingsError
+from bindu.settings import load_settings
+
+ADDR = "0x" + "ab" * 20
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"STORAGE__URL": "mysql://x"}, "STORAGE__URL"),
+        ({"X402__PAY_TO": "0x12"}, "X402__PAY_TO"),
+        ({"X402__PAY_TO": ADDR}, "X402__FACILITATOR_URL"),
+        ({"X402__PAY_TO": ADDR, "X402__FACILITATOR_URL": "http://f"}, "X402__ASSET"),
+        ({"X402__NETWORK": "base"}, "X402__NETWORK"),
+        ({"X402__AMOUNT": "-3"}, "X402__AMOUNT"),
+        ({"X402__RPC_URLS": "{nope"}, "X402__RPC_URLS"),
+        ({"X402__RPC_URLS": '{"eip155:1": "ftp://x"}'}, "X402__RPC_URLS"),
+        ({"X402__RECONCILIATION__INTERVAL_SECONDS": "soon"}, "X402__RECONCILIATION__INTERVAL_SECONDS"),
+        ({"X402__RECONCILIATION__POLICY": "refund"}, "X402__RECONCILIATION__POLICY"),
+        ({"X402__PROTECTED_METHODS": "tasks/get"}, "X402__PROTECTED_METHODS"),
+        ({"SERVER__PORT": "99999"}, "SERVER__PORT"),
+        ({"STORAGE__SCHEMA": "Drop Table"}, "STORAGE__SCHEMA"),
+    ],
+)
+def test_bad_setting_names_the_variable(monkeypatch, env, variable):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    message = str(info.value)
+    assert message.startswith(variable + ": "), message
+    assert "\n" not in message
+
+
+def test_nested_settings_are_read(monkeypatch):
+    monkeypatch.setenv("X402__PAY_TO", ADDR)
+    monkeypatch.setenv("X402__ASSET", ADDR)
+    monkeypatch.setenv("X402__FACILITATOR_URL", "http://127.0.0.1:1")
+    monkeypatch.setenv("X402__RPC_URLS", '{"eip155:31337": "http://127.0.0.1:8545"}')
+    monkeypatch.setenv("X402__RECONCILIATION__POLICY", "fulfill")
+    s = load_settings()
+    assert s.x402.enabled
+    assert s.x402.rpc_urls == {"eip155:31337": "http://127.0.0.1:8545"}
+    assert s.x402.reconciliation.policy == "fulfill"
+
+
+def test_defaults_are_sqlite_and_unpaid(monkeypatch):
+    s = load_settings()
+    assert s.storage.url.startswith("sqlite:///")
+    assert not s.x402.enabled
+
+
+def test_serve_stops_with_one_line(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "X402__PAY_TO": "nope", "HOME": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bindu.cli.main", "serve", "--agent", "bindu.examples.echo:agent"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines == ["bindu: X402__PAY_TO: must be a 0x-prefixed 20-byte hex address"]
