@@ -208,7 +208,9 @@ class Paywall:
             return "payment invalid: authorization not yet valid"
         return None
 
-    async def settle(self, payload: PaymentPayload, requirements: PaymentRequirements) -> SettleOutcome:
+    async def settle(
+        self, payload: PaymentPayload, requirements: PaymentRequirements
+    ) -> SettleOutcome:
         return await settle_with_deadline(
             self._server.settle_payment(payload, requirements),
             self.settings.settle_timeout_seconds,
@@ -236,7 +238,11 @@ def _authorization(payload: PaymentPayload) -> ExactEIP3009Payload | Refusal:
         inner = ExactEIP3009Payload.from_dict(payload.payload)
         if not all(
             isinstance(v, str)
-            for v in (inner.authorization.from_address, inner.authorization.to, inner.authorization.nonce)
+            for v in (
+                inner.authorization.from_address,
+                inner.authorization.to,
+                inner.authorization.nonce,
+            )
         ):
             raise TypeError("authorization fields must be strings")
     except (KeyError, TypeError, ValueError, AttributeError, ValidationError):

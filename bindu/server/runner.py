@@ -16,30 +16,14 @@ from bindu.agent import Agent, call_agent
 from bindu.metrics import AGENT_RUNS, PAYMENTS, TASKS
 from bindu.payments.paywall import Paywall
 from bindu.payments.records import (
-    META_ERROR,
-    META_RECEIPTS,
-    META_STATUS,
     PaymentRecord,
     PaymentStatus,
     PaymentUpdate,
     Receipt,
 )
 from bindu.payments.settle import SettleKind
+from bindu.payments.task_meta import with_payment_meta
 from bindu.storage.base import Storage
-
-
-def with_payment_meta(
-    task: Task, status: PaymentStatus, *, receipt: Receipt | None = None, error: str | None = None
-) -> Task:
-    metadata = dict(task.metadata)
-    metadata[META_STATUS] = status.value
-    if receipt is not None:
-        metadata[META_RECEIPTS] = [receipt.to_json()]
-    if error is None:
-        metadata.pop(META_ERROR, None)
-    else:
-        metadata[META_ERROR] = error
-    return task.model_copy(update={"metadata": metadata})
 
 
 class TaskRunner:
@@ -66,9 +50,7 @@ class TaskRunner:
             task, payment = settled
         await self._execute(task, payment)
 
-    async def _settle(
-        self, task: Task, record: PaymentRecord
-    ) -> tuple[Task, PaymentRecord] | None:
+    async def _settle(self, task: Task, record: PaymentRecord) -> tuple[Task, PaymentRecord] | None:
         if self._paywall is None or record.payload is None or record.requirements is None:
             await self._fail_unsettled(task, record, "payments are not configured on this server")
             return None

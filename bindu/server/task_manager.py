@@ -13,6 +13,7 @@ from loguru import logger
 from bindu.agent import Agent
 from bindu.payments.facilitator import make_facilitator_client
 from bindu.payments.paywall import Paywall
+from bindu.reconcile.service import Reconciler
 from bindu.server.runner import TaskRunner
 from bindu.server.services import Service, Supervisor
 from bindu.settings import Settings
@@ -42,6 +43,7 @@ class TaskManager:
         self._done: dict[str, asyncio.Event] = {}
         self._workers: list[asyncio.Task[None]] = []
         self.supervisor = Supervisor()
+        self.reconciler: Reconciler | None = None
 
     @property
     def stale_after(self) -> timedelta:
@@ -58,6 +60,10 @@ class TaskManager:
                 x402, self.storage, make_facilitator_client(x402), self.resource_url
             )
             await self.paywall.ready()  # a facilitator that is down is retried per request
+            if x402.reconciliation.enabled:
+                self.reconciler = Reconciler(
+                    self.storage, x402, facilitator=self.paywall.facilitator
+                )
         runner = TaskRunner(self.storage, self.agent, self.paywall, self.stale_after)
         self._workers = [
             asyncio.create_task(self._work(runner), name=f"worker:{i}")
@@ -73,7 +79,10 @@ class TaskManager:
         return self
 
     def _services(self) -> list[Service]:
-        return list(self._extra_services)
+        services: list[Service] = list(self._extra_services)
+        if self.reconciler is not None:
+            services.append(self.reconciler)
+        return services
 
     async def __aexit__(
         self,
@@ -91,6 +100,8 @@ class TaskManager:
         for worker in self._workers:
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
+        if self.reconciler is not None:
+            await self.reconciler.close()
         if self.paywall is not None:
             await self.paywall.facilitator.aclose()
         await self.storage.close()

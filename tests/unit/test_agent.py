@@ -13,7 +13,10 @@ def history(text: str) -> list[Message]:
 def test_to_parts_normalises():
     assert to_parts("hi") == [TextPart(text="hi")]
     assert to_parts({"a": 1}) == [DataPart(data={"a": 1})]
-    assert to_parts([{"kind": "text", "text": "x"}, "y"]) == [TextPart(text="x"), TextPart(text="y")]
+    assert to_parts([{"kind": "text", "text": "x"}, "y"]) == [
+        TextPart(text="x"),
+        TextPart(text="y"),
+    ]
     with pytest.raises(TypeError):
         to_parts(42)
     with pytest.raises(TypeError):

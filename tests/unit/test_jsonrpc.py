@@ -31,5 +31,7 @@ def test_request_id_is_kept_for_errors():
 
 
 def test_valid_request():
-    req = parse_request(b'{"jsonrpc": "2.0", "id": 7, "method": "tasks/get", "params": {"id": "t"}}')
+    req = parse_request(
+        b'{"jsonrpc": "2.0", "id": 7, "method": "tasks/get", "params": {"id": "t"}}'
+    )
     assert (req.id, req.method, req.params) == (7, "tasks/get", {"id": "t"})

@@ -20,7 +20,10 @@ ADDR = "0x" + "ab" * 20
         ({"X402__AMOUNT": "-3"}, "X402__AMOUNT"),
         ({"X402__RPC_URLS": "{nope"}, "X402__RPC_URLS"),
         ({"X402__RPC_URLS": '{"eip155:1": "ftp://x"}'}, "X402__RPC_URLS"),
-        ({"X402__RECONCILIATION__INTERVAL_SECONDS": "soon"}, "X402__RECONCILIATION__INTERVAL_SECONDS"),
+        (
+            {"X402__RECONCILIATION__INTERVAL_SECONDS": "soon"},
+            "X402__RECONCILIATION__INTERVAL_SECONDS",
+        ),
         ({"X402__RECONCILIATION__POLICY": "refund"}, "X402__RECONCILIATION__POLICY"),
         ({"X402__PROTECTED_METHODS": "tasks/get"}, "X402__PROTECTED_METHODS"),
         ({"SERVER__PORT": "99999"}, "SERVER__PORT"),

@@ -1,0 +1,222 @@
+"""The reconciler: a background service of the TaskManager.
+
+Each pass leases due payment records (so replicas never work the same one at once),
+probes each once (chain when an RPC URL is configured for its network, else the
+facilitator's /verify), asks the pure verdict function, and writes the result with
+compare-and-set on the status, together with the task's metadata.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from loguru import logger
+from pydantic import ValidationError
+from x402.http import HTTPFacilitatorClient
+from x402.schemas import PaymentPayload, PaymentRequirements
+
+from bindu.a2a import Task, TaskState, utcnow
+from bindu.metrics import PASS_SECONDS, PAYMENTS, RECONCILE_ERRORS, VERDICTS
+from bindu.payments.records import PaymentRecord, PaymentStatus, PaymentUpdate
+from bindu.payments.task_meta import with_payment_meta
+from bindu.reconcile.alerts import Alerts
+from bindu.reconcile.evidence import Corrupt, Evidence, ProbeFailure
+from bindu.reconcile.probes import ChainProbe, FacilitatorProbe
+from bindu.reconcile.verdict import Decision, Rules, Verdict, decide
+from bindu.settings import X402Settings
+from bindu.storage.base import Storage
+
+# Batches one pass may take before yielding to the next interval (bounds a pass's length).
+MAX_BATCHES_PER_PASS = 20
+
+_STATUS_OF = {
+    Verdict.ORPHANED: PaymentStatus.ORPHANED,
+    Verdict.VOID: PaymentStatus.VOID,
+    Verdict.UNRESOLVED: PaymentStatus.UNRESOLVED,
+}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    payment_id: str
+    task_id: str
+    decision: Decision
+    written: bool
+
+
+def default_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Reconciler:
+    name = "reconciler"
+
+    def __init__(
+        self,
+        storage: Storage,
+        settings: X402Settings,
+        *,
+        facilitator: HTTPFacilitatorClient | None,
+        alerts: Alerts | None = None,
+        owner: str | None = None,
+    ) -> None:
+        self._storage = storage
+        self._settings = settings
+        self._config = settings.reconciliation
+        self._chain = ChainProbe(settings.rpc_urls)
+        self._facilitator = (
+            FacilitatorProbe(facilitator, settings.verify_timeout_seconds) if facilitator else None
+        )
+        self._alerts = alerts or Alerts(self._config.webhook_url)
+        self.owner = owner or default_owner()
+        self.rules = Rules(
+            confirmations=settings.confirmations, max_attempts=self._config.max_attempts
+        )
+        self._semaphore = asyncio.Semaphore(self._config.concurrency)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.run_pass()
+            except Exception:
+                # Storage down, say: count it, log it, and try again next interval.
+                RECONCILE_ERRORS.labels("pass").inc()
+                logger.exception("reconciliation pass failed")
+            await asyncio.sleep(self._config.interval_seconds)
+
+    async def close(self) -> None:
+        await self._chain.close()
+        await self._alerts.aclose()
+
+    async def run_pass(self, now: datetime | None = None) -> list[Outcome]:
+        started = time.perf_counter()
+        outcomes: list[Outcome] = []
+        for _ in range(MAX_BATCHES_PER_PASS):
+            at = now or utcnow()
+            batch = await self._storage.claim_due_payments(
+                now=at,
+                limit=self._config.batch_size,
+                owner=self.owner,
+                lease_seconds=self._config.lease_seconds,
+            )
+            outcomes += await asyncio.gather(*(self._bounded(r, at) for r in batch))
+            if len(batch) < self._config.batch_size:
+                break
+        PASS_SECONDS.observe(time.perf_counter() - started)
+        return outcomes
+
+    async def _bounded(self, record: PaymentRecord, now: datetime) -> Outcome:
+        async with self._semaphore:
+            evidence = await self._probe(record)
+        decision = decide(record, evidence, now, self.rules)
+        written = await self._write(record, decision, evidence, now)
+        return Outcome(record.id, record.task_id, decision, written)
+
+    async def _probe(self, record: PaymentRecord) -> Evidence:
+        problem = corruption(record)
+        if problem:
+            return Corrupt(problem)
+        if self._chain.covers(record.network):
+            return await self._chain.probe(record)
+        if self._facilitator is not None:
+            return await self._facilitator.probe(record)
+        return ProbeFailure("none", f"no RPC URL and no facilitator for {record.network}")
+
+    async def _write(
+        self, record: PaymentRecord, decision: Decision, evidence: Evidence, now: datetime
+    ) -> bool:
+        answer: dict[str, Any] = {
+            "source": "reconciler",
+            "at": now.isoformat(),
+            "evidence": type(evidence).__name__,
+            "verdict": decision.verdict.value,
+            "reason": decision.reason,
+        }
+        if decision.verdict is Verdict.RETRY:
+            update = PaymentUpdate(
+                attempts=decision.attempts,
+                next_check_at=decision.next_check_at,
+                answer=answer,
+                release_lease=True,
+            )
+            done = await self._storage.transition_payment(
+                record.id, {record.status}, update, now=now, lease_owner=self.owner
+            )
+            return done is not None
+        status = _STATUS_OF[decision.verdict]
+        receipt = decision.receipt
+        update = PaymentUpdate(
+            status=status,
+            attempts=decision.attempts,
+            receipt=receipt,
+            settle_tx=receipt.transaction if receipt and receipt.transaction else None,
+            error=None if status is PaymentStatus.ORPHANED else decision.reason,
+            clear_error=status is PaymentStatus.ORPHANED,
+            answer=answer,
+            verdict_at=now,
+            release_lease=True,
+        )
+        task = await self._task_after(record, status, decision)
+        done = await self._storage.transition_payment(
+            record.id, {record.status}, update, now=now, lease_owner=self.owner, task=task
+        )
+        if done is None:
+            logger.info("verdict for payment {} lost the race; another writer won", record.id)
+            return False
+        PAYMENTS.labels(status.value).inc()
+        VERDICTS.labels(decision.verdict.value).inc()
+        self._alerts.emit(event(done, decision))
+        return True
+
+    async def _task_after(
+        self, record: PaymentRecord, status: PaymentStatus, decision: Decision
+    ) -> Task | None:
+        task = await self._storage.get_task(record.task_id)
+        if task is None:
+            return None
+        error = None if status is PaymentStatus.ORPHANED else decision.reason
+        task = with_payment_meta(task, status, receipt=decision.receipt, error=error)
+        if not task.state.terminal:
+            # The server died between verify and settle's answer: the work never ran.
+            task = task.with_status(TaskState.FAILED, "server stopped during payment settlement")
+        return task
+
+
+def corruption(record: PaymentRecord) -> str | None:
+    if record.decode_error:
+        return record.decode_error
+    try:
+        PaymentPayload.model_validate(record.payload)
+        PaymentRequirements.model_validate(record.requirements)
+        bytes.fromhex(record.nonce.removeprefix("0x"))
+        int(record.amount)
+    except (ValidationError, ValueError, TypeError) as exc:
+        return f"{type(exc).__name__}: {exc}"[:300]
+    return None
+
+
+def event(record: PaymentRecord, decision: Decision) -> dict[str, Any]:
+    receipt = decision.receipt
+    return {
+        "event": f"payment.{decision.verdict.value}",
+        "paymentId": record.id,
+        "taskId": record.task_id,
+        "status": record.status.value,
+        "payer": record.payer,
+        "payTo": record.pay_to,
+        "amount": record.amount,
+        "asset": record.asset,
+        "network": record.network,
+        "transaction": receipt.transaction if receipt else record.settle_tx,
+        "blockNumber": receipt.block_number if receipt else None,
+        "reason": decision.reason,
+        "attempts": decision.attempts,
+        "at": (record.verdict_at or record.updated_at).isoformat(),
+    }

@@ -1,0 +1,165 @@
+"""The verdict: a pure function of (record, evidence, now, rules). No I/O here.
+
+Safety comes first: ``orphaned`` needs proof the authorization was consumed, ``void``
+needs proof it did not and cannot move money (canceled, invalid, or unused while chain
+time is already past ``validBefore``). Everything else waits on a backoff schedule, and
+every payment reaches a final verdict within ``max_attempts`` probes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from x402.mechanisms.evm.constants import (
+    ERR_AUTHORIZATION_VALUE_MISMATCH,
+    ERR_INVALID_SIGNATURE,
+    ERR_NONCE_ALREADY_USED,
+    ERR_RECIPIENT_MISMATCH,
+    ERR_VALID_BEFORE_EXPIRED,
+)
+
+from bindu.payments.records import PaymentRecord, Receipt
+from bindu.reconcile.evidence import (
+    ChainEvidence,
+    Corrupt,
+    Evidence,
+    ProbeFailure,
+    VerifyEvidence,
+)
+
+# Time to the next check after the n-th attempt (seconds); the last one repeats.
+BACKOFF_SECONDS = (5.0, 15.0, 60.0, 300.0, 1800.0, 3600.0)
+
+# /verify reasons that mean the signed authorization can never execute.
+NEVER_EXECUTABLE = frozenset(
+    {ERR_INVALID_SIGNATURE, ERR_RECIPIENT_MISMATCH, ERR_AUTHORIZATION_VALUE_MISMATCH}
+)
+
+
+class Verdict(StrEnum):
+    ORPHANED = "orphaned"
+    VOID = "void"
+    RETRY = "retry"
+    UNRESOLVED = "unresolved"
+
+
+@dataclass(frozen=True)
+class Rules:
+    confirmations: int = 1
+    max_attempts: int = 12
+    backoff: tuple[float, ...] = BACKOFF_SECONDS
+    # Check again this long after validBefore, when expiry becomes provable (seconds).
+    expiry_margin_seconds: float = 2.0
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: Verdict
+    reason: str
+    attempts: int
+    receipt: Receipt | None = None
+    next_check_at: datetime | None = None
+
+
+def decide(record: PaymentRecord, evidence: Evidence, now: datetime, rules: Rules) -> Decision:
+    attempts = record.attempts + 1
+    verdict, reason, receipt = _judge(record, evidence, rules)
+    if verdict is Verdict.RETRY:
+        if attempts >= rules.max_attempts:
+            return Decision(
+                Verdict.UNRESOLVED, f"attempts exhausted ({attempts}): {reason}", attempts
+            )
+        return Decision(
+            Verdict.RETRY, reason, attempts, next_check_at=next_check(record, attempts, now, rules)
+        )
+    return Decision(verdict, reason, attempts, receipt=receipt)
+
+
+def _judge(
+    record: PaymentRecord, evidence: Evidence, rules: Rules
+) -> tuple[Verdict, str, Receipt | None]:
+    if isinstance(evidence, Corrupt):
+        return Verdict.UNRESOLVED, f"corrupt payment record: {evidence.reason}", None
+    if isinstance(evidence, ProbeFailure):
+        return Verdict.RETRY, f"{evidence.source} unavailable: {evidence.reason}", None
+    if isinstance(evidence, ChainEvidence):
+        return _judge_chain(record, evidence, rules.confirmations)
+    return _judge_verify(record, evidence)
+
+
+def _judge_chain(
+    record: PaymentRecord, chain: ChainEvidence, confirmations: int
+) -> tuple[Verdict, str, Receipt | None]:
+    use = chain.use
+    if use is not None and use.canceled:
+        return Verdict.VOID, f"authorization canceled by the payer (tx {use.tx_hash})", None
+    if not chain.used:
+        if chain.latest_time >= record.valid_before:
+            return (
+                Verdict.VOID,
+                f"authorization expired unused (chain time {chain.latest_time} >= "
+                f"validBefore {record.valid_before})",
+                None,
+            )
+        return Verdict.RETRY, "authorization unused and still valid", None
+    if use is None:
+        return Verdict.RETRY, "authorization consumed; its log is not found yet", None
+    if not use.transfer_ok:
+        reason = f"authorization used in {use.tx_hash} without the expected Transfer"
+        return Verdict.RETRY, reason, None
+    if chain.confirmations < max(1, confirmations):
+        reason = f"transfer {use.tx_hash} has {chain.confirmations}/{confirmations} confirmations"
+        return Verdict.RETRY, reason, None
+    receipt = _receipt(record, use.tx_hash, use.block_number)
+    return Verdict.ORPHANED, "transfer found on chain", receipt
+
+
+def _judge_verify(
+    record: PaymentRecord, verify: VerifyEvidence
+) -> tuple[Verdict, str, Receipt | None]:
+    if verify.is_valid:
+        return Verdict.RETRY, "facilitator: authorization unused and still valid", None
+    reason = verify.invalid_reason or "invalid"
+    if reason == ERR_NONCE_ALREADY_USED:
+        tx = record.settle_tx or ""
+        return (
+            Verdict.ORPHANED,
+            "facilitator reports the authorization consumed",
+            _receipt(record, tx, None),
+        )
+    if reason in NEVER_EXECUTABLE:
+        return Verdict.VOID, f"authorization can never execute: {reason}", None
+    if reason == ERR_VALID_BEFORE_EXPIRED:
+        # Past validBefore the facilitator says nothing about use; only the chain could.
+        return (
+            Verdict.UNRESOLVED,
+            "authorization expired and the facilitator cannot tell whether it was used; "
+            "configure X402__RPC_URLS for proof",
+            None,
+        )
+    return Verdict.RETRY, f"facilitator: {reason}", None
+
+
+def _receipt(record: PaymentRecord, tx: str, block: int | None) -> Receipt:
+    return Receipt(
+        transaction=tx,
+        network=record.network,
+        payer=record.payer,
+        amount=record.amount,
+        asset=record.asset,
+        block_number=block,
+    )
+
+
+def next_check(record: PaymentRecord, attempts: int, now: datetime, rules: Rules) -> datetime:
+    delay = rules.backoff[min(attempts, len(rules.backoff)) - 1]
+    at = now + timedelta(seconds=delay)
+    # Expiry is the moment "unused" turns into proof: check right after it.
+    expiry = datetime.fromtimestamp(record.valid_before, tz=now.tzinfo) + timedelta(
+        seconds=rules.expiry_margin_seconds
+    )
+    if now < expiry < at:
+        return expiry
+    return at
