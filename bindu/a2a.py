@@ -41,7 +41,12 @@ class TaskState(StrEnum):
 
     @property
     def terminal(self) -> bool:
-        return self in (TaskState.COMPLETED, TaskState.CANCELED, TaskState.FAILED, TaskState.REJECTED)
+        return self in (
+            TaskState.COMPLETED,
+            TaskState.CANCELED,
+            TaskState.FAILED,
+            TaskState.REJECTED,
+        )
 
 
 class TextPart(WireModel):
@@ -99,7 +104,10 @@ class Task(WireModel):
         message = None
         if text is not None:
             message = Message(
-                role="agent", parts=[TextPart(text=text)], task_id=self.id, context_id=self.context_id
+                role="agent",
+                parts=[TextPart(text=text)],
+                task_id=self.id,
+                context_id=self.context_id,
             )
         return self.model_copy(update={"status": TaskStatus(state=state, message=message)})
 

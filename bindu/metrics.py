@@ -25,9 +25,7 @@ PROBE_SECONDS = Histogram(
     "bindu_reconcile_probe_seconds", "Latency of reconciliation probes", ["source"]
 )
 PASS_SECONDS = Histogram("bindu_reconcile_pass_seconds", "Duration of one reconciliation pass")
-OPEN_PAYMENTS = Gauge(
-    "bindu_payments_open", "Payments whose outcome is not yet proven", ["status"]
-)
+OPEN_PAYMENTS = Gauge("bindu_payments_open", "Payments whose outcome is not yet proven", ["status"])
 OLDEST_OPEN_SECONDS = Gauge(
     "bindu_payments_open_oldest_seconds", "Age of the oldest payment not yet proven"
 )

@@ -29,6 +29,12 @@ def _demo(args: argparse.Namespace) -> int:
     return demo(args)
 
 
+def _reconcile(args: argparse.Namespace) -> int:
+    from bindu.cli.reconcile import reconcile
+
+    return reconcile(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bindu", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -48,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="write a funded payer's private key to this file (mode 600), for paying clients",
     )
     devnet.set_defaults(run=_devnet)
+
+    reconcile = sub.add_parser("reconcile", help="run reconciliation outside a server")
+    reconcile.add_argument(
+        "--once", action="store_true", required=True, help="run one pass and print the verdicts"
+    )
+    reconcile.set_defaults(run=_reconcile)
 
     demo = sub.add_parser("demo", help="the paid-task and orphan-recovery story on the devnet")
     demo.add_argument("--storage-url", help="storage for the demo (default: a temporary SQLite)")
