@@ -237,9 +237,11 @@ async def test_settle_answer_after_the_timeout_reproduces_the_orphan(
     before = await devnet.balance_of(payer.address)
     runs = agents.count_runs(str(runs_file))
     faults_reset.update({"settle_delay_seconds": 5})
-    async with inprocess_server(settings_from_env(env), agents.counting) as url:
-        async with PayingClient(url, payer) as client:
-            reply = await client.send_text("too slow")
+    async with (
+        inprocess_server(settings_from_env(env), agents.counting) as url,
+        PayingClient(url, payer) as client,
+    ):
+        reply = await client.send_text("too slow")
     task = reply.response.json()["result"]
     assert task["status"]["state"] == "failed"
     assert task["metadata"]["x402.payment.status"] == "payment-failed"

@@ -80,7 +80,8 @@ class ServerProcess:
 
     async def start(self, *, timeout: float = 40.0) -> ServerProcess:
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
+        # Popen returns at once; the wait for readiness below is async.
+        self.proc = subprocess.Popen(  # noqa: ASYNC220
             [sys.executable, "-m", "bindu.cli.main", "serve", "--agent", self.agent],
             cwd=REPO,
             env=self.env,
