@@ -85,6 +85,7 @@ class X402Settings(BaseModel):
     max_timeout_seconds: int = Field(default=300, ge=10)
     settle_timeout_seconds: float = Field(default=15.0, gt=0)
     verify_timeout_seconds: float = Field(default=15.0, gt=0)
+    rpc_timeout_seconds: float = Field(default=10.0, gt=0)
     protected_methods: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["message/send"]
     )

@@ -37,8 +37,6 @@ AUTHORIZATION_STATE_ABI: list[dict[str, Any]] = [
 ]
 # How far back eth_getLogs looks for the authorization's log when no hash is known (blocks).
 LOG_LOOKBACK_BLOCKS = 50_000
-# Per-request bound on RPC calls (seconds); the schedule, not the client, retries.
-RPC_TIMEOUT_SECONDS = 10.0
 
 
 def _topic_address(address: str) -> str:
@@ -59,7 +57,8 @@ def _field(log: Any, key: str) -> Any:
 class ChainProbe:
     """One shared AsyncWeb3 client per network (from ``X402__RPC_URLS``)."""
 
-    def __init__(self, rpc_urls: dict[str, str], timeout: float = RPC_TIMEOUT_SECONDS) -> None:
+    def __init__(self, rpc_urls: dict[str, str], timeout: float) -> None:
+        # The timeout bounds each RPC request; the backoff schedule, not the client, retries.
         self._clients = {
             network: AsyncWeb3(
                 AsyncHTTPProvider(

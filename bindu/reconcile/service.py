@@ -70,7 +70,7 @@ class Reconciler:
         self._storage = storage
         self._settings = settings
         self._config = settings.reconciliation
-        self._chain = ChainProbe(settings.rpc_urls)
+        self._chain = ChainProbe(settings.rpc_urls, timeout=settings.rpc_timeout_seconds)
         self._facilitator = (
             FacilitatorProbe(facilitator, settings.verify_timeout_seconds) if facilitator else None
         )
