@@ -1,0 +1,254 @@
+"""In-process storage with the same semantics as the SQL backends (for tests and demos).
+
+Everything stored is a copy and everything returned is a copy, so a caller mutating a
+record's ``answers`` list or a task's metadata cannot change stored state behind the
+storage's back (the SQL backends get this for free by serialising).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bindu.a2a import Task, TaskState
+from bindu.errors import StorageError
+from bindu.payments.records import (
+    OPEN_STATUSES,
+    PaymentRecord,
+    PaymentStatus,
+    PaymentUpdate,
+)
+from bindu.storage.codec import (
+    check_page,
+    clears_next_check,
+    normalize_payment,
+    status_counts,
+    utc,
+    utc_opt,
+)
+
+_UniqueKey = tuple[str, str, str, str]
+
+
+@dataclass
+class _StoredTask:
+    data: dict[str, Any]  # task.wire(), exactly what the SQL backends keep
+    context_id: str
+    state: str
+    created_at: datetime
+    updated_at: datetime
+
+
+def _unique_key(record: PaymentRecord) -> _UniqueKey:
+    return (record.network, record.asset, record.payer, record.nonce)
+
+
+def _apply(record: PaymentRecord, update: PaymentUpdate, now: datetime) -> PaymentRecord:
+    """``update`` applied to ``record``, field by field as the SQL ``transition_payment``."""
+    changes: dict[str, Any] = {"updated_at": now}
+    if update.status is not None:
+        changes["status"] = update.status
+    if update.settle_tx is not None:
+        changes["settle_tx"] = update.settle_tx
+    if update.error is not None:
+        changes["error"] = update.error
+    elif update.clear_error:
+        changes["error"] = None
+    if update.answer is not None:
+        changes["answers"] = [*record.answers, update.answer]
+    if update.attempts is not None:
+        changes["attempts"] = update.attempts
+    if clears_next_check(update):
+        changes["next_check_at"] = None
+    elif update.next_check_at is not None:
+        changes["next_check_at"] = utc(update.next_check_at)
+    if update.receipt is not None:
+        changes["receipt"] = update.receipt
+    if update.verdict_at is not None:
+        changes["verdict_at"] = utc(update.verdict_at)
+    if update.release_lease:
+        changes["lease_owner"] = None
+        changes["lease_expires_at"] = None
+    return record.evolve(**changes)
+
+
+class MemoryStorage:
+    def __init__(self, *, clock: Callable[[], datetime] | None = None) -> None:
+        # The clock stamps created_at/updated_at of tasks; tests inject a deterministic one.
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._lock = asyncio.Lock()
+        self._tasks: dict[str, _StoredTask] = {}
+        self._payments: dict[str, PaymentRecord] = {}
+        self._by_key: dict[_UniqueKey, str] = {}
+
+    async def open(self) -> None:
+        """Nothing to connect to; re-opening keeps the data, like the SQL backends."""
+
+    async def close(self) -> None:
+        """Keeps the data: a closed MemoryStorage can be opened again."""
+
+    # Tasks
+
+    def _put_task(self, task: Task, now: datetime, *, created_at: datetime) -> None:
+        self._tasks[task.id] = _StoredTask(
+            data=task.wire(),
+            context_id=task.context_id,
+            state=str(task.state),
+            created_at=created_at,
+            updated_at=now,
+        )
+
+    async def create_task(self, task: Task) -> None:
+        now = utc(self._clock())
+        async with self._lock:
+            if task.id in self._tasks:
+                raise StorageError(f"task {task.id} already exists")
+            self._put_task(task, now, created_at=now)
+
+    async def get_task(self, task_id: str) -> Task | None:
+        async with self._lock:
+            stored = self._tasks.get(task_id)
+            return None if stored is None else Task.model_validate(copy.deepcopy(stored.data))
+
+    async def save_task(self, task: Task) -> None:
+        now = utc(self._clock())
+        async with self._lock:
+            stored = self._tasks.get(task.id)
+            if stored is None:
+                raise StorageError(f"task {task.id} does not exist")
+            self._put_task(task, now, created_at=stored.created_at)
+
+    async def list_tasks(
+        self,
+        *,
+        context_id: str | None = None,
+        state: TaskState | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[Task]:
+        check_page(limit, offset)
+        async with self._lock:
+            rows = sorted(
+                (
+                    (t.created_at, task_id, t)
+                    for task_id, t in self._tasks.items()
+                    if (context_id is None or t.context_id == context_id)
+                    and (state is None or t.state == str(state))
+                ),
+                key=lambda row: (row[0], row[1]),
+            )
+            page = rows[offset : offset + limit]
+            return [Task.model_validate(copy.deepcopy(t.data)) for _, _, t in page]
+
+    # Payments
+
+    async def claim_payment(self, record: PaymentRecord) -> bool:
+        stored = copy.deepcopy(normalize_payment(record))
+        async with self._lock:
+            if stored.id in self._payments:
+                raise StorageError(f"payment {stored.id} already exists")
+            key = _unique_key(stored)
+            if key in self._by_key:
+                return False
+            self._payments[stored.id] = stored
+            self._by_key[key] = stored.id
+            return True
+
+    async def release_claim(self, payment_id: str) -> None:
+        async with self._lock:
+            record = self._payments.get(payment_id)
+            if record is None or record.status != PaymentStatus.CLAIMED:
+                return
+            del self._payments[payment_id]
+            del self._by_key[_unique_key(record)]
+
+    async def get_payment(self, payment_id: str) -> PaymentRecord | None:
+        async with self._lock:
+            return copy.deepcopy(self._payments.get(payment_id))
+
+    async def get_payment_for_task(self, task_id: str) -> PaymentRecord | None:
+        async with self._lock:
+            records = [r for r in self._payments.values() if r.task_id == task_id]
+            if not records:
+                return None
+            return copy.deepcopy(max(records, key=lambda r: (r.created_at, r.id)))
+
+    async def transition_payment(
+        self,
+        payment_id: str,
+        expected: Collection[PaymentStatus],
+        update: PaymentUpdate,
+        *,
+        now: datetime,
+        lease_owner: str | None = None,
+        task: Task | None = None,
+    ) -> PaymentRecord | None:
+        now = utc(now)
+        update = copy.deepcopy(update)
+        async with self._lock:
+            record = self._payments.get(payment_id)
+            if record is None or record.status not in expected:
+                return None
+            if lease_owner is not None and record.lease_owner != lease_owner:
+                return None
+            updated = _apply(record, update, now)
+            self._payments[payment_id] = updated
+            if task is not None:
+                existing = self._tasks.get(task.id)
+                self._put_task(task, now, created_at=existing.created_at if existing else now)
+            return copy.deepcopy(updated)
+
+    async def claim_due_payments(
+        self, *, now: datetime, limit: int, owner: str, lease_seconds: float
+    ) -> list[PaymentRecord]:
+        now = utc(now)
+        check_page(limit, 0)
+        expires = now + timedelta(seconds=lease_seconds)
+        async with self._lock:
+            due = sorted(
+                (
+                    r
+                    for r in self._payments.values()
+                    if r.status in OPEN_STATUSES
+                    and r.next_check_at is not None
+                    and r.next_check_at <= now
+                    and (r.lease_expires_at is None or r.lease_expires_at <= now)
+                ),
+                key=lambda r: (r.next_check_at or now, r.id),
+            )[:limit]
+            leased = [r.evolve(lease_owner=owner, lease_expires_at=expires) for r in due]
+            for record in leased:
+                self._payments[record.id] = record
+            return copy.deepcopy(leased)
+
+    async def list_payments(
+        self,
+        *,
+        statuses: Collection[PaymentStatus] | None = None,
+        created_before: datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[PaymentRecord]:
+        check_page(limit, offset)
+        before = utc_opt(created_before)
+        wanted = None if statuses is None else {str(s) for s in statuses}
+        async with self._lock:
+            rows = sorted(
+                (
+                    r
+                    for r in self._payments.values()
+                    if (wanted is None or str(r.status) in wanted)
+                    and (before is None or r.created_at < before)
+                ),
+                key=lambda r: (r.created_at, r.id),
+            )
+            return copy.deepcopy(rows[offset : offset + limit])
+
+    async def count_payments(self) -> dict[PaymentStatus, int]:
+        async with self._lock:
+            statuses = [str(r.status) for r in self._payments.values()]
+        return status_counts([(status, 1) for status in statuses])

@@ -1,0 +1,213 @@
+-- Postgres statements for bindu.storage.postgres, loaded by bindu.storage.queries.
+-- Tables are created unqualified: each connection's search_path is the configured schema.
+-- Values are always bound parameters; the only other substitution is {schema}, filled
+-- with psycopg.sql.Identifier (the schema name is validated as an identifier in settings).
+-- Casts on parameters pin their types so a NULL parameter is never ambiguous.
+
+-- name: set_search_path
+SET search_path TO {schema};
+
+-- name: set_utc
+SET TIME ZONE 'UTC';
+
+-- name: migration_lock
+-- Transaction-scoped: replicas starting together migrate one after another.
+SELECT pg_advisory_xact_lock(%(key)s::bigint);
+
+-- name: schema_exists
+-- Checked first so an existing schema needs no CREATE privilege on the database.
+SELECT 1 AS found FROM pg_namespace WHERE nspname = %(schema)s::text;
+
+-- name: create_schema
+CREATE SCHEMA IF NOT EXISTS {schema};
+
+-- name: create_version_table
+CREATE TABLE IF NOT EXISTS bindu_schema_version (
+    version integer PRIMARY KEY,
+    applied_at timestamptz NOT NULL
+);
+
+-- name: schema_versions
+SELECT version FROM bindu_schema_version ORDER BY version;
+
+-- name: record_schema_version
+INSERT INTO bindu_schema_version (version, applied_at)
+VALUES (%(version)s::integer, %(applied_at)s::timestamptz);
+
+-- migration: 1
+CREATE TABLE tasks (
+    id text PRIMARY KEY,
+    context_id text NOT NULL,
+    state text NOT NULL,
+    data jsonb NOT NULL,
+    created_at timestamptz NOT NULL,
+    updated_at timestamptz NOT NULL
+);
+CREATE INDEX tasks_context_created ON tasks (context_id, created_at, id);
+CREATE INDEX tasks_created ON tasks (created_at, id);
+CREATE TABLE payments (
+    id text PRIMARY KEY,
+    task_id text NOT NULL,
+    status text NOT NULL,
+    network text NOT NULL,
+    asset text NOT NULL,
+    pay_to text NOT NULL,
+    payer text NOT NULL,
+    amount text NOT NULL,
+    nonce text NOT NULL,
+    valid_after bigint NOT NULL,
+    valid_before bigint NOT NULL,
+    payload jsonb,
+    requirements jsonb,
+    created_at timestamptz NOT NULL,
+    updated_at timestamptz NOT NULL,
+    settle_tx text,
+    error text,
+    answers jsonb NOT NULL DEFAULT '[]'::jsonb,
+    attempts integer NOT NULL DEFAULT 0,
+    next_check_at timestamptz,
+    lease_owner text,
+    lease_expires_at timestamptz,
+    receipt jsonb,
+    verdict_at timestamptz,
+    -- Values are stored lower-cased, so this also refuses a replay in different hex case.
+    CONSTRAINT payments_authorization UNIQUE (network, asset, payer, nonce)
+);
+CREATE INDEX payments_task ON payments (task_id, created_at, id);
+CREATE INDEX payments_created ON payments (created_at, id);
+-- The reconciler's candidates; claim_due_payments repeats this predicate so the
+-- planner can prove the partial index applies.
+CREATE INDEX payments_due ON payments (next_check_at, id)
+    WHERE status IN ('payment-verified', 'payment-failed');
+
+-- name: insert_task
+INSERT INTO tasks (id, context_id, state, data, created_at, updated_at)
+VALUES (%(id)s, %(context_id)s, %(state)s, %(data)s, %(now)s, %(now)s)
+ON CONFLICT (id) DO NOTHING
+RETURNING id;
+
+-- name: update_task
+UPDATE tasks
+SET context_id = %(context_id)s, state = %(state)s, data = %(data)s, updated_at = %(now)s
+WHERE id = %(id)s
+RETURNING id;
+
+-- name: upsert_task
+INSERT INTO tasks (id, context_id, state, data, created_at, updated_at)
+VALUES (%(id)s, %(context_id)s, %(state)s, %(data)s, %(now)s, %(now)s)
+ON CONFLICT (id) DO UPDATE SET
+    context_id = EXCLUDED.context_id,
+    state = EXCLUDED.state,
+    data = EXCLUDED.data,
+    updated_at = EXCLUDED.updated_at;
+
+-- name: get_task
+SELECT data FROM tasks WHERE id = %(id)s;
+
+-- name: list_tasks
+SELECT data FROM tasks
+WHERE (%(state)s::text IS NULL OR state = %(state)s::text)
+ORDER BY created_at, id
+LIMIT %(limit)s OFFSET %(offset)s;
+
+-- name: list_tasks_for_context
+SELECT data FROM tasks
+WHERE context_id = %(context_id)s AND (%(state)s::text IS NULL OR state = %(state)s::text)
+ORDER BY created_at, id
+LIMIT %(limit)s OFFSET %(offset)s;
+
+-- name: claim_payment
+INSERT INTO payments (
+    id, task_id, status, network, asset, pay_to, payer, amount, nonce,
+    valid_after, valid_before, payload, requirements, created_at, updated_at,
+    settle_tx, error, answers, attempts, next_check_at, lease_owner, lease_expires_at,
+    receipt, verdict_at
+) VALUES (
+    %(id)s, %(task_id)s, %(status)s, %(network)s, %(asset)s, %(pay_to)s, %(payer)s,
+    %(amount)s, %(nonce)s, %(valid_after)s, %(valid_before)s, %(payload)s,
+    %(requirements)s, %(created_at)s, %(updated_at)s, %(settle_tx)s, %(error)s,
+    %(answers)s, %(attempts)s, %(next_check_at)s, %(lease_owner)s, %(lease_expires_at)s,
+    %(receipt)s, %(verdict_at)s
+)
+ON CONFLICT (network, asset, payer, nonce) DO NOTHING
+RETURNING id;
+
+-- name: release_claim
+DELETE FROM payments WHERE id = %(id)s AND status = 'claimed';
+
+-- name: get_payment
+SELECT * FROM payments WHERE id = %(id)s;
+
+-- name: get_payment_for_task
+SELECT * FROM payments
+WHERE task_id = %(task_id)s
+ORDER BY created_at DESC, id DESC
+LIMIT 1;
+
+-- name: transition_payment
+-- The compare-and-set is the WHERE clause: a writer that lost the race matches no row
+-- (a concurrent writer's UPDATE waits on the row lock, then re-checks the WHERE).
+-- Appending to answers of the wrong shape starts a fresh list instead of failing, so a
+-- corrupt record can still be moved to a final status.
+UPDATE payments SET
+    status = coalesce(%(status)s::text, status),
+    settle_tx = coalesce(%(settle_tx)s::text, settle_tx),
+    error = CASE
+        WHEN %(error)s::text IS NOT NULL THEN %(error)s::text
+        WHEN %(clear_error)s::boolean THEN NULL
+        ELSE error
+    END,
+    answers = CASE
+        WHEN %(answer)s::jsonb IS NULL THEN answers
+        ELSE (CASE WHEN jsonb_typeof(answers) = 'array' THEN answers ELSE '[]'::jsonb END)
+            || jsonb_build_array(%(answer)s::jsonb)
+    END,
+    attempts = coalesce(%(attempts)s::integer, attempts),
+    next_check_at = CASE
+        WHEN %(clear_next_check)s::boolean THEN NULL
+        ELSE coalesce(%(next_check_at)s::timestamptz, next_check_at)
+    END,
+    receipt = coalesce(%(receipt)s::jsonb, receipt),
+    verdict_at = coalesce(%(verdict_at)s::timestamptz, verdict_at),
+    lease_owner = CASE WHEN %(release_lease)s::boolean THEN NULL ELSE lease_owner END,
+    lease_expires_at = CASE
+        WHEN %(release_lease)s::boolean THEN NULL ELSE lease_expires_at
+    END,
+    updated_at = %(updated_at)s::timestamptz
+WHERE id = %(id)s::text
+    AND status = ANY(%(expected)s::text[])
+    AND (%(lease_owner)s::text IS NULL OR lease_owner = %(lease_owner)s::text)
+RETURNING *;
+
+-- name: claim_due_payments
+-- SKIP LOCKED lets concurrent reconcilers pass over rows another one is leasing right
+-- now; a row leased and committed meanwhile fails the re-checked WHERE (its lease is
+-- no longer expired). Uses the partial index payments_due.
+WITH due AS (
+    SELECT id FROM payments
+    WHERE status IN ('payment-verified', 'payment-failed')
+        AND next_check_at IS NOT NULL
+        AND next_check_at <= %(now)s::timestamptz
+        AND (lease_expires_at IS NULL OR lease_expires_at <= %(now)s::timestamptz)
+    ORDER BY next_check_at, id
+    LIMIT %(limit)s::integer
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE payments AS p
+SET lease_owner = %(owner)s::text, lease_expires_at = %(lease_expires_at)s::timestamptz
+FROM due
+WHERE p.id = due.id
+RETURNING p.*;
+
+-- name: list_payments
+SELECT * FROM payments
+WHERE (%(statuses)s::text[] IS NULL OR status = ANY(%(statuses)s::text[]))
+    AND (
+        %(created_before)s::timestamptz IS NULL
+        OR created_at < %(created_before)s::timestamptz
+    )
+ORDER BY created_at, id
+LIMIT %(limit)s::integer OFFSET %(offset)s::integer;
+
+-- name: count_payments
+SELECT status, count(*) AS n FROM payments GROUP BY status;

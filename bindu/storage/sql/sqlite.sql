@@ -1,0 +1,179 @@
+-- SQLite statements for bindu.storage.sqlite, loaded by bindu.storage.queries.
+-- Times are TEXT in one fixed-width UTC form (2026-01-02T03:04:05.000006Z), so comparing
+-- the text compares the instants. JSON is TEXT (decoded and checked in Python).
+-- Lists arrive as one JSON array parameter and are unpacked with json_each.
+
+-- name: create_version_table
+CREATE TABLE IF NOT EXISTS bindu_schema_version (
+    version INTEGER PRIMARY KEY,
+    applied_at TEXT NOT NULL
+);
+
+-- name: schema_versions
+SELECT version FROM bindu_schema_version ORDER BY version;
+
+-- name: record_schema_version
+INSERT INTO bindu_schema_version (version, applied_at) VALUES (:version, :applied_at);
+
+-- migration: 1
+CREATE TABLE tasks (
+    id TEXT PRIMARY KEY,
+    context_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    data TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX tasks_context_created ON tasks (context_id, created_at, id);
+CREATE INDEX tasks_created ON tasks (created_at, id);
+CREATE TABLE payments (
+    id TEXT PRIMARY KEY,
+    task_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    network TEXT NOT NULL,
+    asset TEXT NOT NULL,
+    pay_to TEXT NOT NULL,
+    payer TEXT NOT NULL,
+    amount TEXT NOT NULL,
+    nonce TEXT NOT NULL,
+    valid_after INTEGER NOT NULL,
+    valid_before INTEGER NOT NULL,
+    payload TEXT,
+    requirements TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    settle_tx TEXT,
+    error TEXT,
+    answers TEXT NOT NULL DEFAULT '[]',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_check_at TEXT,
+    lease_owner TEXT,
+    lease_expires_at TEXT,
+    receipt TEXT,
+    verdict_at TEXT,
+    -- Values are stored lower-cased, so this also refuses a replay in different hex case.
+    CONSTRAINT payments_authorization UNIQUE (network, asset, payer, nonce)
+);
+CREATE INDEX payments_task ON payments (task_id, created_at, id);
+CREATE INDEX payments_created ON payments (created_at, id);
+-- The reconciler's candidates; the status list must match claim_due_payments verbatim
+-- or SQLite will not prove the query implies the index predicate.
+CREATE INDEX payments_due ON payments (next_check_at, id)
+    WHERE status IN ('payment-verified', 'payment-failed');
+
+-- name: insert_task
+INSERT INTO tasks (id, context_id, state, data, created_at, updated_at)
+VALUES (:id, :context_id, :state, :data, :now, :now)
+ON CONFLICT (id) DO NOTHING
+RETURNING id;
+
+-- name: update_task
+UPDATE tasks
+SET context_id = :context_id, state = :state, data = :data, updated_at = :now
+WHERE id = :id
+RETURNING id;
+
+-- name: upsert_task
+INSERT INTO tasks (id, context_id, state, data, created_at, updated_at)
+VALUES (:id, :context_id, :state, :data, :now, :now)
+ON CONFLICT (id) DO UPDATE SET
+    context_id = excluded.context_id,
+    state = excluded.state,
+    data = excluded.data,
+    updated_at = excluded.updated_at;
+
+-- name: get_task
+SELECT data FROM tasks WHERE id = :id;
+
+-- name: list_tasks
+SELECT data FROM tasks
+WHERE (:state IS NULL OR state = :state)
+ORDER BY created_at, id
+LIMIT :limit OFFSET :offset;
+
+-- name: list_tasks_for_context
+SELECT data FROM tasks
+WHERE context_id = :context_id AND (:state IS NULL OR state = :state)
+ORDER BY created_at, id
+LIMIT :limit OFFSET :offset;
+
+-- name: claim_payment
+INSERT INTO payments (
+    id, task_id, status, network, asset, pay_to, payer, amount, nonce,
+    valid_after, valid_before, payload, requirements, created_at, updated_at,
+    settle_tx, error, answers, attempts, next_check_at, lease_owner, lease_expires_at,
+    receipt, verdict_at
+) VALUES (
+    :id, :task_id, :status, :network, :asset, :pay_to, :payer, :amount, :nonce,
+    :valid_after, :valid_before, :payload, :requirements, :created_at, :updated_at,
+    :settle_tx, :error, :answers, :attempts, :next_check_at, :lease_owner, :lease_expires_at,
+    :receipt, :verdict_at
+)
+ON CONFLICT (network, asset, payer, nonce) DO NOTHING
+RETURNING id;
+
+-- name: release_claim
+DELETE FROM payments WHERE id = :id AND status = 'claimed';
+
+-- name: get_payment
+SELECT * FROM payments WHERE id = :id;
+
+-- name: get_payment_for_task
+SELECT * FROM payments WHERE task_id = :task_id ORDER BY created_at DESC, id DESC LIMIT 1;
+
+-- name: transition_payment
+-- The compare-and-set is the WHERE clause: a writer that lost the race matches no row.
+-- Appending to an undecodable answers value starts a fresh list instead of failing, so
+-- a corrupt record can still be moved to a final status.
+UPDATE payments SET
+    status = coalesce(:status, status),
+    settle_tx = coalesce(:settle_tx, settle_tx),
+    error = CASE WHEN :error IS NOT NULL THEN :error WHEN :clear_error THEN NULL ELSE error END,
+    answers = CASE
+        WHEN :answer IS NULL THEN answers
+        ELSE json_insert(
+            CASE WHEN json_valid(answers)
+                THEN CASE WHEN json_type(answers) = 'array' THEN answers ELSE '[]' END
+                ELSE '[]'
+            END,
+            '$[#]', json(:answer))
+    END,
+    attempts = coalesce(:attempts, attempts),
+    next_check_at = CASE
+        WHEN :clear_next_check THEN NULL ELSE coalesce(:next_check_at, next_check_at)
+    END,
+    receipt = coalesce(:receipt, receipt),
+    verdict_at = coalesce(:verdict_at, verdict_at),
+    lease_owner = CASE WHEN :release_lease THEN NULL ELSE lease_owner END,
+    lease_expires_at = CASE WHEN :release_lease THEN NULL ELSE lease_expires_at END,
+    updated_at = :updated_at
+WHERE id = :id
+    AND status IN (SELECT value FROM json_each(:expected))
+    AND (:lease_owner IS NULL OR lease_owner = :lease_owner)
+RETURNING *;
+
+-- name: claim_due_payments
+-- Run inside BEGIN IMMEDIATE: the write lock makes select-and-lease one step across
+-- processes (SQLite has no SKIP LOCKED). Uses the partial index payments_due.
+UPDATE payments
+SET lease_owner = :owner, lease_expires_at = :lease_expires_at
+WHERE id IN (
+    SELECT id FROM payments
+    WHERE status IN ('payment-verified', 'payment-failed')
+        AND next_check_at IS NOT NULL
+        AND next_check_at <= :now
+        AND (lease_expires_at IS NULL OR lease_expires_at <= :now)
+    ORDER BY next_check_at, id
+    LIMIT :limit
+)
+RETURNING *;
+
+-- name: list_payments
+SELECT * FROM payments
+WHERE (:statuses IS NULL OR status IN (SELECT value FROM json_each(:statuses)))
+    AND (:created_before IS NULL OR created_at < :created_before)
+ORDER BY created_at, id
+LIMIT :limit OFFSET :offset;
+
+-- name: count_payments
+SELECT status, count(*) AS n FROM payments GROUP BY status;

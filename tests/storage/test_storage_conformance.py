@@ -1,0 +1,608 @@
+"""The storage conformance suite: every test runs against memory, SQLite and Postgres,
+so the three backends are held to one set of semantics."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from bindu.a2a import Task, TaskState, TaskStatus
+from bindu.errors import StorageError
+from bindu.payments.records import (
+    FINAL_STATUSES,
+    PaymentRecord,
+    PaymentStatus,
+    PaymentUpdate,
+    Receipt,
+)
+from bindu.storage.base import Storage
+
+from .conftest import T0, Backend
+
+S = PaymentStatus
+OPEN = [S.VERIFIED, S.FAILED]
+
+
+def make_task(task_id: str, *, context_id: str = "ctx", state: TaskState = TaskState.SUBMITTED):
+    return Task(
+        id=task_id,
+        context_id=context_id,
+        status=TaskStatus(state=state, timestamp=T0),
+        metadata={"k": "v"},
+    )
+
+
+def make_record(payment_id: str, **changes: Any) -> PaymentRecord:
+    base = PaymentRecord(
+        id=payment_id,
+        task_id=f"task-{payment_id}",
+        status=S.CLAIMED,
+        network="eip155:84532",
+        asset="0x036CbD53842c5426634e7929541eC2318f3dCF7e",
+        pay_to="0x209693Bc6afc0C5328bA36FaF03C514EF312287C",
+        payer="0xAbCdEf0000000000000000000000000000000001",
+        amount="10000",
+        nonce="0x" + payment_id.encode().hex().rjust(64, "0"),
+        valid_after=1_700_000_000,
+        valid_before=1_700_000_600,
+        payload={"x402Version": 2, "payload": {"signature": "0xsig"}},
+        requirements={"scheme": "exact", "maxAmountRequired": "10000"},
+        created_at=T0,
+        updated_at=T0,
+    )
+    return base.evolve(**changes)
+
+
+def due_record(payment_id: str, next_check_at: datetime, **changes: Any) -> PaymentRecord:
+    return make_record(payment_id, **{"status": S.VERIFIED, **changes}, next_check_at=next_check_at)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+# Tasks
+
+
+async def test_create_and_get_task(storage: Storage) -> None:
+    task = make_task("t1")
+    await storage.create_task(task)
+    assert await storage.get_task("t1") == task
+    assert await storage.get_task("missing") is None
+
+
+async def test_create_duplicate_task_raises_and_keeps_original(storage: Storage) -> None:
+    await storage.create_task(make_task("t1", context_id="first"))
+    with pytest.raises(StorageError):
+        await storage.create_task(make_task("t1", context_id="second"))
+    stored = await storage.get_task("t1")
+    assert stored is not None and stored.context_id == "first"
+
+
+async def test_save_task_overwrites_and_requires_existing(storage: Storage) -> None:
+    task = make_task("t1")
+    await storage.create_task(task)
+    done = task.with_status(TaskState.COMPLETED, "done")
+    await storage.save_task(done)
+    assert await storage.get_task("t1") == done
+    with pytest.raises(StorageError):
+        await storage.save_task(make_task("missing"))
+    assert await storage.get_task("missing") is None
+
+
+async def test_stored_task_is_a_copy(storage: Storage) -> None:
+    task = make_task("t1")
+    await storage.create_task(task)
+    task.metadata["k"] = "changed by caller"
+    got = await storage.get_task("t1")
+    assert got is not None and got.metadata == {"k": "v"}
+    got.metadata["k"] = "changed again"
+    again = await storage.get_task("t1")
+    assert again is not None and again.metadata == {"k": "v"}
+
+
+async def test_list_tasks_oldest_first_then_id(storage: Storage, backend: Backend) -> None:
+    await storage.create_task(make_task("m"))  # oldest
+    backend.clock.now += timedelta(seconds=1)
+    backend.clock.tick = timedelta(0)  # the next three share one created_at: ordered by id
+    for task_id in ("c", "a", "b"):
+        await storage.create_task(make_task(task_id))
+    backend.clock.tick = timedelta(seconds=1)
+    await storage.create_task(make_task("0"))  # newest, although its id sorts first
+    assert [t.id for t in await storage.list_tasks()] == ["m", "a", "b", "c", "0"]
+    # Saving does not move a task: order is by creation.
+    await storage.save_task(make_task("m", state=TaskState.WORKING))
+    assert [t.id for t in await storage.list_tasks(limit=1)] == ["m"]
+
+
+async def test_list_tasks_filters_and_pages(storage: Storage) -> None:
+    await storage.create_task(make_task("1", context_id="x", state=TaskState.WORKING))
+    await storage.create_task(make_task("2", context_id="y", state=TaskState.WORKING))
+    await storage.create_task(make_task("3", context_id="x", state=TaskState.COMPLETED))
+    await storage.create_task(make_task("4", context_id="x", state=TaskState.WORKING))
+
+    async def ids(**kwargs: Any) -> list[str]:
+        return [t.id for t in await storage.list_tasks(**kwargs)]
+
+    assert await ids(context_id="x") == ["1", "3", "4"]
+    assert await ids(state=TaskState.WORKING) == ["1", "2", "4"]
+    assert await ids(context_id="x", state=TaskState.WORKING) == ["1", "4"]
+    assert await ids(context_id="nope") == []
+    assert await ids(limit=2) == ["1", "2"]
+    assert await ids(limit=2, offset=2) == ["3", "4"]
+    assert await ids(limit=0) == []
+    assert await ids(context_id="x", limit=1, offset=1) == ["3"]
+    with pytest.raises(StorageError):
+        await storage.list_tasks(limit=-1)
+
+
+# Claims
+
+
+async def test_claim_and_get_round_trip(storage: Storage) -> None:
+    record = make_record(
+        "p1",
+        settle_tx="0xtx",
+        error="boom",
+        answers=[{"source": "settle", "ok": False}],
+        attempts=2,
+        next_check_at=at(10),
+        lease_owner="w",
+        lease_expires_at=at(20),
+        receipt=Receipt("0xtx", "eip155:84532", "0xpayer", "10000", "0xasset", 7),
+        verdict_at=at(5),
+    )
+    assert await storage.claim_payment(record) is True
+    got = await storage.get_payment("p1")
+    expected = record.evolve(
+        asset=record.asset.lower(), pay_to=record.pay_to.lower(), payer=record.payer.lower()
+    )
+    assert got == expected
+    assert await storage.get_payment("missing") is None
+
+
+async def test_claim_record_without_json_fields(storage: Storage) -> None:
+    record = make_record("p1", payload=None, requirements=None)
+    assert await storage.claim_payment(record)
+    got = await storage.get_payment("p1")
+    assert got is not None
+    assert (got.payload, got.requirements, got.answers, got.receipt) == (None, None, [], None)
+    assert got.decode_error is None
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"payer": "0xABCDEF0000000000000000000000000000000001"},
+        {"nonce": None},  # the same nonce in upper case, filled in below
+        {"asset": "0x036cbd53842c5426634e7929541ec2318f3dcf7e"},
+        {"task_id": "another task", "amount": "1", "status": S.VERIFIED},
+    ],
+    ids=["same", "payer-case", "nonce-case", "asset-case", "other-fields"],
+)
+async def test_claim_conflict_returns_false(storage: Storage, changes: dict[str, Any]) -> None:
+    first = make_record("p1", nonce="0x" + "ab" * 32)
+    assert await storage.claim_payment(first)
+    if "nonce" in changes:
+        changes = {"nonce": "0x" + "AB" * 32}
+    assert (
+        await storage.claim_payment(make_record("p2", nonce=first.nonce).evolve(**changes)) is False
+    )
+    assert await storage.get_payment("p2") is None
+    assert [r.id for r in await storage.list_payments()] == ["p1"]
+
+
+async def test_claim_same_nonce_elsewhere_is_allowed(storage: Storage) -> None:
+    nonce = "0x" + "cd" * 32
+    assert await storage.claim_payment(make_record("p1", nonce=nonce))
+    assert await storage.claim_payment(make_record("p2", nonce=nonce, network="eip155:8453"))
+    assert await storage.claim_payment(make_record("p3", nonce=nonce, payer="0x" + "1" * 40))
+    assert await storage.claim_payment(make_record("p4", nonce=nonce, asset="0x" + "2" * 40))
+
+
+async def test_claim_stores_lower_case(storage: Storage) -> None:
+    await storage.claim_payment(make_record("p1", nonce="0x" + "EF" * 32))
+    got = await storage.get_payment("p1")
+    assert got is not None
+    assert got.nonce == "0x" + "ef" * 32
+    assert got.payer == got.payer.lower() and got.asset == got.asset.lower()
+    assert got.pay_to == got.pay_to.lower()
+
+
+async def test_claim_duplicate_id_raises(storage: Storage) -> None:
+    assert await storage.claim_payment(make_record("p1"))
+    with pytest.raises(StorageError):
+        await storage.claim_payment(make_record("p1", nonce="0x" + "99" * 32))
+
+
+async def test_claim_refuses_naive_and_oversized_values(storage: Storage) -> None:
+    with pytest.raises(StorageError):
+        await storage.claim_payment(make_record("p1", created_at=datetime(2026, 1, 1)))
+    with pytest.raises(StorageError):
+        await storage.claim_payment(make_record("p2", valid_before=2**64))
+    assert await storage.list_payments() == []
+
+
+async def test_stored_record_is_a_copy(storage: Storage) -> None:
+    record = make_record("p1", answers=[{"n": 1}])
+    await storage.claim_payment(record)
+    assert record.payload is not None
+    record.payload["x402Version"] = 99
+    record.answers.append({"n": 2})
+    got = await storage.get_payment("p1")
+    assert got is not None and got.payload is not None
+    assert got.payload["x402Version"] == 2 and got.answers == [{"n": 1}]
+    got.answers.clear()
+    again = await storage.get_payment("p1")
+    assert again is not None and again.answers == [{"n": 1}]
+
+
+async def test_release_claim_deletes_only_claimed(storage: Storage) -> None:
+    nonce = "0x" + "11" * 32
+    await storage.claim_payment(make_record("claimed", nonce=nonce))
+    await storage.claim_payment(make_record("verified", status=S.VERIFIED))
+    await storage.release_claim("claimed")
+    await storage.release_claim("verified")
+    await storage.release_claim("unknown")  # no error
+    assert await storage.get_payment("claimed") is None
+    assert await storage.get_payment("verified") is not None
+    # The nonce is free again.
+    assert await storage.claim_payment(make_record("again", nonce=nonce))
+
+
+async def test_get_payment_for_task_returns_newest(storage: Storage) -> None:
+    await storage.claim_payment(make_record("old", task_id="t", created_at=at(1)))
+    await storage.claim_payment(make_record("new", task_id="t", created_at=at(2)))
+    await storage.claim_payment(make_record("other", task_id="u", created_at=at(3)))
+    got = await storage.get_payment_for_task("t")
+    assert got is not None and got.id == "new"
+    assert await storage.get_payment_for_task("none") is None
+
+
+# Transitions
+
+
+async def test_transition_wins_and_records_changes(storage: Storage) -> None:
+    await storage.claim_payment(make_record("p1", next_check_at=at(1)))
+    receipt = Receipt("0xtx", "eip155:84532", "0xpayer", "10000")
+    got = await storage.transition_payment(
+        "p1",
+        [S.CLAIMED],
+        PaymentUpdate(
+            status=S.VERIFIED,
+            settle_tx="0xtx",
+            error="late",
+            attempts=3,
+            next_check_at=at(60),
+            receipt=receipt,
+            verdict_at=at(50),
+        ),
+        now=at(40),
+    )
+    assert got is not None
+    assert got.status == S.VERIFIED
+    assert (got.settle_tx, got.error, got.attempts) == ("0xtx", "late", 3)
+    assert got.next_check_at == at(60) and got.verdict_at == at(50)
+    assert got.receipt == receipt
+    assert got.updated_at == at(40) and got.created_at == T0
+    assert await storage.get_payment("p1") == got
+
+
+async def test_transition_none_fields_are_unchanged(storage: Storage) -> None:
+    record = make_record("p1", settle_tx="0xtx", error="e", attempts=4, next_check_at=at(9))
+    await storage.claim_payment(record)
+    got = await storage.transition_payment("p1", [S.CLAIMED], PaymentUpdate(), now=at(1))
+    assert got is not None
+    assert got == (await storage.get_payment("p1"))
+    assert (got.status, got.settle_tx, got.error, got.attempts) == (S.CLAIMED, "0xtx", "e", 4)
+    assert got.next_check_at == at(9) and got.updated_at == at(1)
+
+
+async def test_transition_loses_on_unexpected_status(storage: Storage) -> None:
+    await storage.claim_payment(make_record("p1", status=S.VERIFIED))
+    before = await storage.get_payment("p1")
+    update = PaymentUpdate(status=S.COMPLETED, error="x")
+    assert await storage.transition_payment("p1", [S.CLAIMED, S.FAILED], update, now=at(1)) is None
+    assert await storage.transition_payment("p1", [], update, now=at(1)) is None
+    assert await storage.transition_payment("nope", [S.VERIFIED], update, now=at(1)) is None
+    assert await storage.get_payment("p1") == before
+
+
+async def test_compare_and_set_only_one_writer_wins(storage: Storage) -> None:
+    await storage.claim_payment(make_record("p1", status=S.VERIFIED))
+    first = await storage.transition_payment(
+        "p1", [S.VERIFIED], PaymentUpdate(status=S.COMPLETED), now=at(1)
+    )
+    second = await storage.transition_payment(
+        "p1", [S.VERIFIED], PaymentUpdate(status=S.FAILED), now=at(2)
+    )
+    assert first is not None and second is None
+    got = await storage.get_payment("p1")
+    assert got is not None and got.status == S.COMPLETED and got.updated_at == at(1)
+
+
+async def test_concurrent_transitions_one_winner(backend: Backend) -> None:
+    a, b = await backend.handle(), await backend.handle()
+    await a.claim_payment(make_record("p1", status=S.VERIFIED))
+    results = await asyncio.gather(
+        a.transition_payment("p1", [S.VERIFIED], PaymentUpdate(status=S.COMPLETED), now=at(1)),
+        b.transition_payment("p1", [S.VERIFIED], PaymentUpdate(status=S.ORPHANED), now=at(1)),
+    )
+    winners = [r for r in results if r is not None]
+    assert len(winners) == 1
+    assert await a.get_payment("p1") == winners[0]
+
+
+async def test_transition_checks_lease_owner(storage: Storage) -> None:
+    await storage.claim_payment(due_record("p1", at(0)))
+    [leased] = await storage.claim_due_payments(now=at(1), limit=1, owner="w1", lease_seconds=30)
+    assert leased.lease_owner == "w1"
+    update = PaymentUpdate(attempts=1)
+    assert (
+        await storage.transition_payment("p1", [S.VERIFIED], update, now=at(2), lease_owner="w2")
+        is None
+    )
+    got = await storage.transition_payment("p1", [S.VERIFIED], update, now=at(3), lease_owner="w1")
+    assert got is not None and got.attempts == 1
+    # Without lease_owner the lease is not checked.
+    assert await storage.transition_payment("p1", [S.VERIFIED], update, now=at(4)) is not None
+
+
+async def test_transition_with_lease_owner_refuses_unleased_record(storage: Storage) -> None:
+    await storage.claim_payment(make_record("p1", status=S.VERIFIED))
+    update = PaymentUpdate(status=S.COMPLETED)
+    assert (
+        await storage.transition_payment("p1", [S.VERIFIED], update, now=at(1), lease_owner="w")
+        is None
+    )
+
+
+async def test_transition_appends_answers(storage: Storage) -> None:
+    await storage.claim_payment(make_record("p1", answers=[{"n": 0}]))
+    for n in (1, 2):
+        got = await storage.transition_payment(
+            "p1", [S.CLAIMED], PaymentUpdate(answer={"n": n, "nested": {"ok": True}}), now=at(n)
+        )
+        assert got is not None
+    got = await storage.get_payment("p1")
+    assert got is not None
+    assert got.answers == [
+        {"n": 0},
+        {"n": 1, "nested": {"ok": True}},
+        {"n": 2, "nested": {"ok": True}},
+    ]
+
+
+async def test_transition_clear_error(storage: Storage) -> None:
+    await storage.claim_payment(make_record("p1", error="first"))
+    got = await storage.transition_payment(
+        "p1", [S.CLAIMED], PaymentUpdate(error="second"), now=at(1)
+    )
+    assert got is not None and got.error == "second"
+    got = await storage.transition_payment(
+        "p1", [S.CLAIMED], PaymentUpdate(clear_error=True), now=at(2)
+    )
+    assert got is not None and got.error is None
+    # A new error together with clear_error: the new error is kept.
+    got = await storage.transition_payment(
+        "p1", [S.CLAIMED], PaymentUpdate(error="third", clear_error=True), now=at(3)
+    )
+    assert got is not None and got.error == "third"
+
+
+@pytest.mark.parametrize("final", sorted(FINAL_STATUSES))
+async def test_final_status_clears_next_check(storage: Storage, final: PaymentStatus) -> None:
+    await storage.claim_payment(due_record("p1", at(5)))
+    got = await storage.transition_payment(
+        "p1", [S.VERIFIED], PaymentUpdate(status=final, next_check_at=at(99)), now=at(1)
+    )
+    assert got is not None and got.status == final and got.next_check_at is None
+    stored = await storage.get_payment("p1")
+    assert stored is not None and stored.next_check_at is None
+
+
+async def test_open_status_keeps_or_sets_next_check(storage: Storage) -> None:
+    await storage.claim_payment(due_record("p1", at(5)))
+    got = await storage.transition_payment(
+        "p1", [S.VERIFIED], PaymentUpdate(status=S.FAILED), now=at(1)
+    )
+    assert got is not None and got.next_check_at == at(5)
+    got = await storage.transition_payment(
+        "p1", [S.FAILED], PaymentUpdate(next_check_at=at(30)), now=at(2)
+    )
+    assert got is not None and got.next_check_at == at(30)
+
+
+async def test_transition_release_lease(storage: Storage) -> None:
+    await storage.claim_payment(due_record("p1", at(0)))
+    await storage.claim_due_payments(now=at(1), limit=5, owner="w", lease_seconds=60)
+    got = await storage.transition_payment(
+        "p1", [S.VERIFIED], PaymentUpdate(release_lease=True), now=at(2), lease_owner="w"
+    )
+    assert got is not None and got.lease_owner is None and got.lease_expires_at is None
+    # Released: due again right away, long before the lease would have run out.
+    again = await storage.claim_due_payments(now=at(3), limit=5, owner="w2", lease_seconds=60)
+    assert [r.id for r in again] == ["p1"]
+
+
+async def test_transition_saves_new_task_atomically(storage: Storage) -> None:
+    await storage.claim_payment(make_record("p1", status=S.VERIFIED, task_id="t1"))
+    task = make_task("t1", state=TaskState.COMPLETED)
+    got = await storage.transition_payment(
+        "p1", [S.VERIFIED], PaymentUpdate(status=S.COMPLETED), now=at(1), task=task
+    )
+    assert got is not None
+    assert await storage.get_task("t1") == task
+
+
+async def test_transition_overwrites_existing_task(storage: Storage) -> None:
+    await storage.create_task(make_task("t0"))
+    await storage.create_task(make_task("t1"))
+    await storage.claim_payment(make_record("p1", status=S.VERIFIED, task_id="t0"))
+    done = make_task("t0", state=TaskState.COMPLETED)
+    assert await storage.transition_payment(
+        "p1", [S.VERIFIED], PaymentUpdate(status=S.COMPLETED), now=at(100), task=done
+    )
+    assert await storage.get_task("t0") == done
+    # created_at is kept: t0 still lists first.
+    assert [t.id for t in await storage.list_tasks()] == ["t0", "t1"]
+
+
+async def test_lost_transition_does_not_save_task(storage: Storage) -> None:
+    await storage.create_task(make_task("t0"))
+    await storage.claim_payment(make_record("p1", status=S.COMPLETED, task_id="t0"))
+    update = PaymentUpdate(status=S.FAILED)
+    changed = make_task("t0", state=TaskState.FAILED)
+    assert (
+        await storage.transition_payment("p1", [S.VERIFIED], update, now=at(1), task=changed)
+        is None
+    )
+    assert await storage.get_task("t0") == make_task("t0")
+    new = make_task("t-new")
+    assert await storage.transition_payment("p1", [S.VERIFIED], update, now=at(1), task=new) is None
+    assert await storage.get_task("t-new") is None
+
+
+async def test_times_come_back_in_utc(storage: Storage) -> None:
+    plus2 = timezone(timedelta(hours=2))
+    local = datetime(2026, 1, 1, 2, 0, tzinfo=plus2)  # == T0
+    await storage.claim_payment(make_record("p1", created_at=local, next_check_at=local))
+    got = await storage.transition_payment(
+        "p1", [S.CLAIMED], PaymentUpdate(verdict_at=local), now=local + timedelta(seconds=1)
+    )
+    assert got is not None
+    for value in (got.created_at, got.next_check_at, got.verdict_at, got.updated_at):
+        assert value is not None and value.tzinfo == UTC
+    assert got.created_at == T0 and got.updated_at == at(1)
+    with pytest.raises(StorageError):
+        await storage.transition_payment(
+            "p1", [S.CLAIMED], PaymentUpdate(), now=datetime(2026, 1, 1)
+        )
+
+
+# Reconciler leases
+
+
+async def test_claim_due_order_limit_and_filters(storage: Storage) -> None:
+    await storage.claim_payment(due_record("b", at(10)))
+    await storage.claim_payment(due_record("a", at(10)))  # same time: id breaks the tie
+    await storage.claim_payment(due_record("c", at(5), status=S.FAILED))
+    await storage.claim_payment(due_record("d", at(20)))
+    await storage.claim_payment(due_record("future", at(100)))
+    await storage.claim_payment(make_record("no-check", status=S.VERIFIED))
+    await storage.claim_payment(due_record("claimed", at(1), status=S.CLAIMED))
+    await storage.claim_payment(due_record("done", at(1), status=S.UNRESOLVED))
+    await storage.claim_payment(
+        due_record("leased", at(1), lease_owner="other", lease_expires_at=at(60))
+    )
+
+    first = await storage.claim_due_payments(now=at(30), limit=2, owner="w", lease_seconds=15)
+    assert [r.id for r in first] == ["c", "a"]
+    assert all(r.lease_owner == "w" and r.lease_expires_at == at(45) for r in first)
+    rest = await storage.claim_due_payments(now=at(30), limit=10, owner="w", lease_seconds=15)
+    assert [r.id for r in rest] == ["b", "d"]
+    assert await storage.claim_due_payments(now=at(30), limit=10, owner="w", lease_seconds=15) == []
+    stored = await storage.get_payment("a")
+    assert stored is not None and stored.lease_owner == "w" and stored.lease_expires_at == at(45)
+    untouched = await storage.get_payment("future")
+    assert untouched is not None and untouched.lease_owner is None
+
+
+async def test_claim_due_boundaries(storage: Storage) -> None:
+    await storage.claim_payment(due_record("p1", at(10)))
+    assert await storage.claim_due_payments(now=at(9), limit=5, owner="w", lease_seconds=5) == []
+    got = await storage.claim_due_payments(now=at(10), limit=5, owner="w", lease_seconds=5)
+    assert [r.id for r in got] == ["p1"]  # next_check_at == now is due
+    assert await storage.claim_due_payments(now=at(14), limit=5, owner="x", lease_seconds=5) == []
+    # lease_expires_at == now: the lease is over.
+    got = await storage.claim_due_payments(now=at(15), limit=5, owner="x", lease_seconds=5)
+    assert [r.lease_owner for r in got] == ["x"]
+    assert await storage.claim_due_payments(now=at(15), limit=0, owner="y", lease_seconds=5) == []
+
+
+async def test_expired_lease_can_be_taken_over(storage: Storage) -> None:
+    await storage.claim_payment(due_record("p1", at(0)))
+    await storage.claim_due_payments(now=at(1), limit=1, owner="w1", lease_seconds=10)
+    assert await storage.claim_due_payments(now=at(5), limit=1, owner="w2", lease_seconds=10) == []
+    [taken] = await storage.claim_due_payments(now=at(11), limit=1, owner="w2", lease_seconds=10)
+    assert taken.lease_owner == "w2" and taken.lease_expires_at == at(21)
+    # The old holder's writes now lose.
+    update = PaymentUpdate(status=S.COMPLETED)
+    assert (
+        await storage.transition_payment("p1", [S.VERIFIED], update, now=at(12), lease_owner="w1")
+        is None
+    )
+
+
+async def test_concurrent_claimers_never_share(backend: Backend) -> None:
+    a, b = await backend.handle(), await backend.handle()
+    ids = [f"p{n:02d}" for n in range(20)]
+    for n, payment_id in enumerate(ids):
+        await a.claim_payment(due_record(payment_id, at(n % 7)))
+    for round_ in range(3):
+        now = at(100 + round_ * 100)  # every earlier lease (60 s) has expired
+        got_a, got_b = await asyncio.gather(
+            a.claim_due_payments(now=now, limit=15, owner="a", lease_seconds=60),
+            b.claim_due_payments(now=now, limit=15, owner="b", lease_seconds=60),
+        )
+        ids_a, ids_b = {r.id for r in got_a}, {r.id for r in got_b}
+        assert not ids_a & ids_b
+        assert ids_a | ids_b == set(ids)
+        assert {r.lease_owner for r in got_a} <= {"a"} and {r.lease_owner for r in got_b} <= {"b"}
+        for payment_id in ids:
+            stored = await a.get_payment(payment_id)
+            assert stored is not None
+            assert stored.lease_owner == ("a" if payment_id in ids_a else "b")
+
+
+# Listing
+
+
+async def test_list_payments_order_filters_and_pages(storage: Storage) -> None:
+    await storage.claim_payment(make_record("c", created_at=at(1), status=S.VERIFIED))
+    await storage.claim_payment(make_record("b", created_at=at(2), status=S.FAILED))
+    await storage.claim_payment(make_record("a", created_at=at(2), status=S.COMPLETED))
+    await storage.claim_payment(make_record("d", created_at=at(3), status=S.VERIFIED))
+
+    async def ids(**kwargs: Any) -> list[str]:
+        return [r.id for r in await storage.list_payments(**kwargs)]
+
+    assert await ids() == ["c", "a", "b", "d"]
+    assert await ids(statuses=OPEN) == ["c", "b", "d"]
+    assert await ids(statuses=[S.COMPLETED]) == ["a"]
+    assert await ids(statuses=[]) == []
+    assert await ids(created_before=at(2)) == ["c"]  # strictly before
+    assert await ids(created_before=at(3), statuses=[S.VERIFIED]) == ["c"]
+    assert await ids(limit=2) == ["c", "a"]
+    assert await ids(limit=2, offset=3) == ["d"]
+    with pytest.raises(StorageError):
+        await storage.list_payments(offset=-1)
+
+
+async def test_count_payments(storage: Storage) -> None:
+    assert await storage.count_payments() == dict.fromkeys(PaymentStatus, 0)
+    await storage.claim_payment(make_record("1", status=S.VERIFIED))
+    await storage.claim_payment(make_record("2", status=S.VERIFIED))
+    await storage.claim_payment(make_record("3", status=S.CLAIMED))
+    await storage.transition_payment("2", [S.VERIFIED], PaymentUpdate(status=S.VOID), now=at(1))
+    counts = await storage.count_payments()
+    assert counts == {**dict.fromkeys(PaymentStatus, 0), S.VERIFIED: 1, S.VOID: 1, S.CLAIMED: 1}
+
+
+# Reopening
+
+
+async def test_reopen_keeps_data(backend: Backend) -> None:
+    first = await backend.handle()
+    await first.create_task(make_task("t1"))
+    await first.claim_payment(make_record("p1"))
+    await first.close()
+    second = await backend.handle()
+    await second.open()  # opening an open storage is harmless
+    assert await second.get_task("t1") == make_task("t1")
+    got = await second.get_payment("p1")
+    assert got is not None and got.id == "p1"
