@@ -65,8 +65,14 @@ async def _round_trip(server: ServerProcess) -> None:
             -32602,
         ),
         (b'{"jsonrpc": "2.0", "id": 1, "method": "tasks/get", "params": {"id": "nope"}}', -32001),
-        (b'{"jsonrpc": "2.0", "id": 1, "method": "tasks/cancel", "params": {"id": "nope"}}', -32001),
-        (b'{"jsonrpc": "2.0", "id": 1, "method": "tasks/list", "params": {"pageToken": "x"}}', -32602),
+        (
+            b'{"jsonrpc": "2.0", "id": 1, "method": "tasks/cancel", "params": {"id": "nope"}}',
+            -32001,
+        ),
+        (
+            b'{"jsonrpc": "2.0", "id": 1, "method": "tasks/list", "params": {"pageToken": "x"}}',
+            -32602,
+        ),
     ],
 )
 async def test_bad_input_gets_the_matching_error(server, body, code):

@@ -10,13 +10,11 @@ is unreachable the Postgres cases are skipped locally, but fail when CI is set.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +27,8 @@ from bindu.storage.base import Storage
 from bindu.storage.memory import MemoryStorage
 from bindu.storage.postgres import PostgresStorage
 from bindu.storage.sqlite import SqliteStorage
+from tests.support.postgres import PG_URL, require_postgres
 
-PG_URL = os.environ.get("BINDU_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
@@ -45,25 +43,6 @@ class FakeClock:
     def __call__(self) -> datetime:
         self.now += self.tick
         return self.now
-
-
-@cache
-def _postgres_problem() -> str | None:
-    try:
-        psycopg.connect(PG_URL, connect_timeout=3).close()
-    except psycopg.Error as exc:
-        return str(exc).strip() or type(exc).__name__
-    return None
-
-
-def require_postgres() -> None:
-    problem = _postgres_problem()
-    if problem is None:
-        return
-    message = f"Postgres at {PG_URL} is unreachable: {problem}"
-    if os.environ.get("CI"):
-        pytest.fail(f"{message} (CI is set, so the Postgres tests must run)")
-    pytest.skip(message)
 
 
 @dataclass
