@@ -46,6 +46,26 @@ async def wait_for_status(client: PayingClient, task_id: str, status: str, timeo
     return await until(reached, timeout=timeout, interval=0.1, what=f"payment {status}")
 
 
+async def replace_with_noop(devnet: Devnet, tx_hash: str) -> None:
+    tx = await devnet.rpc.call("eth_getTransactionByHash", tx_hash)
+    sender = tx["from"]
+    await devnet.rpc.call("anvil_impersonateAccount", sender)
+    try:
+        await devnet.rpc.call(
+            "eth_sendTransaction",
+            {
+                "from": sender,
+                "to": sender,
+                "value": "0x0",
+                "nonce": tx["nonce"],
+                "gas": hex(21_000),
+                "gasPrice": hex(int(tx["gasPrice"], 16) * 2),
+            },
+        )
+    finally:
+        await devnet.rpc.call("anvil_stopImpersonatingAccount", sender)
+
+
 @pytest.fixture
 async def payer(devnet: Devnet) -> LocalAccount:
     return await devnet.new_payer(10 * AMOUNT)
@@ -138,9 +158,9 @@ async def test_pending_never_mined_and_expired_is_void(devnet, faults_reset, pay
             reply = await client.send_text("dropped")
             task = reply.response.json()["result"]
             assert task["metadata"]["x402.payment.error"] == "settlement_pending"
-            # The broadcast is lost from the mempool: it will never be mined.
-            for tx in set(devnet.stats.settle_transactions):
-                await devnet.rpc.call("anvil_dropTransaction", tx)
+            # The facilitator replaces its stuck broadcast with a no-op at the same nonce
+            # (as operators do): the transfer will never be mined.
+            await replace_with_noop(devnet, devnet.stats.settle_transactions[-1])
         finally:
             await devnet.release_mining()
         void = await wait_for_status(client, task["id"], "payment-void", timeout=45)
