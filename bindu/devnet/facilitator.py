@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
-import time
-from collections.abc import Iterator
 from typing import Any, TypeVar
 
-import uvicorn
 from loguru import logger
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
@@ -30,10 +26,9 @@ from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
 
 from bindu.devnet.errors import DevnetError
 from bindu.devnet.faults import FacilitatorStats, FaultSwitch
+from bindu.server.embedded import bind, serving
 
 SETTLEMENT_PENDING = "settlement_pending"
-STARTUP_TIMEOUT_SECONDS = 10.0
-SHUTDOWN_TIMEOUT_SECONDS = 10.0
 # What `malformed_json` answers: what a misbehaving proxy in front of a facilitator might send.
 MALFORMED_BODY = "<html><body>502 Bad Gateway</body></html>"
 
@@ -217,13 +212,6 @@ def create_app(
     )
 
 
-class _EmbeddedServer(uvicorn.Server):
-    # The host process (pytest, the CLI) owns SIGINT/SIGTERM; uvicorn must not take them over.
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 class FacilitatorServer:
     """Serves `create_app` with uvicorn on 127.0.0.1 (a free port) as a task of the running loop."""
 
@@ -232,47 +220,19 @@ class FacilitatorServer:
         self.stats = FacilitatorStats()
         self.app = create_app(facilitator, self.faults, self.stats)
         self.url = ""
-        self._server: _EmbeddedServer | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
 
     async def start(self) -> None:
-        # Binding the socket here (port 0) and handing it to uvicorn leaves no window for
-        # another process to take the port.
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.app,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=5,
-        )
-        self._server = _EmbeddedServer(config)
-        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="facilitator")
-        deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
-        while not self._server.started:
-            if self._task.done() or time.monotonic() > deadline:
-                await self.stop()
-                sock.close()
-                raise DevnetError("the devnet facilitator did not start")
-            await asyncio.sleep(0.01)
-        self.url = f"http://127.0.0.1:{port}"
+        stack = contextlib.AsyncExitStack()
+        try:
+            self.url = await stack.enter_async_context(serving(self.app, bind(), lifespan="off"))
+        except Exception as exc:
+            await stack.aclose()
+            raise DevnetError(f"the devnet facilitator did not start: {exc}") from exc
+        self._stack = stack
         logger.info("devnet facilitator listening on {}", self.url)
 
     async def stop(self) -> None:
-        server, task = self._server, self._task
-        self._server = self._task = None
-        if server is None or task is None:
-            return
-        server.should_exit = True
-        try:
-            await asyncio.wait_for(asyncio.shield(task), SHUTDOWN_TIMEOUT_SECONDS)
-        except TimeoutError:
-            server.force_exit = True
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        except Exception as exc:
-            logger.warning("devnet facilitator stopped with {}: {}", type(exc).__name__, exc)
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()

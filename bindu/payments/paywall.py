@@ -22,7 +22,7 @@ from x402 import x402ResourceServer
 from x402.http import HTTPFacilitatorClient
 from x402.http.constants import PAYMENT_REQUIRED_HEADER, PAYMENT_SIGNATURE_HEADER, X_PAYMENT_HEADER
 from x402.http.utils import decode_payment_signature_header, encode_payment_required_header
-from x402.mechanisms.evm.exact import ExactEvmServerScheme
+from x402.mechanisms.evm.exact import register_exact_evm_server
 from x402.mechanisms.evm.types import ExactEIP3009Payload
 from x402.schemas import PaymentPayload, PaymentRequirements, ResourceConfig, ResourceInfo
 
@@ -68,7 +68,7 @@ class Paywall:
             url=resource_url, description="A2A message/send", mime_type="application/json"
         )
         self._server = x402ResourceServer(facilitator)
-        self._server.register(settings.network, ExactEvmServerScheme())
+        register_exact_evm_server(self._server, networks=settings.network)
         self._requirements: list[PaymentRequirements] | None = None
         self._init_lock = asyncio.Lock()
 

@@ -10,7 +10,7 @@ import asyncio
 import time
 from typing import Any
 
-from eth_utils import keccak
+from eth_utils.crypto import keccak
 from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.exceptions import TransactionNotFound
 from x402.http import HTTPFacilitatorClient
@@ -87,7 +87,7 @@ class ChainProbe:
         finally:
             PROBE_SECONDS.labels("chain").observe(time.perf_counter() - started)
 
-    async def _probe(self, w3: AsyncWeb3, record: PaymentRecord) -> ChainEvidence:
+    async def _probe(self, w3: AsyncWeb3[Any], record: PaymentRecord) -> ChainEvidence:
         token = w3.eth.contract(
             address=w3.to_checksum_address(record.asset), abi=AUTHORIZATION_STATE_ABI
         )
@@ -104,7 +104,9 @@ class ChainProbe:
             latest_time=int(latest["timestamp"]),
         )
 
-    async def _find_use(self, w3: AsyncWeb3, record: PaymentRecord, latest: int) -> ChainUse | None:
+    async def _find_use(
+        self, w3: AsyncWeb3[Any], record: PaymentRecord, latest: int
+    ) -> ChainUse | None:
         if record.settle_tx:
             try:
                 receipt = await w3.eth.get_transaction_receipt(record.settle_tx)  # type: ignore[arg-type]
@@ -123,7 +125,7 @@ class ChainProbe:
                     [USED_TOPIC, CANCELED_TOPIC],
                     _topic_address(record.payer),
                     record.nonce,
-                ],  # type: ignore[list-item]
+                ],
             }
         )
         for log in logs:

@@ -11,14 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import httpx
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tests.support.servers import free_port
-from tests.support.waiting import until
+from bindu.server.embedded import bind, serving
 
 Mode = Literal["pass", "down", "error_500", "malformed", "slow"]
 
@@ -85,22 +83,9 @@ async def proxy(target: str) -> AsyncIterator[Proxy]:
         )
 
     app = Starlette(routes=[Route("/{path:path}", forward, methods=["GET", "POST"])])
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    )
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    task = asyncio.create_task(server.serve())
-
-    async def started() -> bool:
-        return server.started
-
-    await until(started, what="proxy start")
-    state.url = f"http://127.0.0.1:{port}"
-    try:
-        yield state
-    finally:
-        server.should_exit = True
-        server.force_exit = True
-        await asyncio.wait_for(task, 30)
-        await client.aclose()
+    async with serving(app, bind(), lifespan="off") as url:
+        state.url = url
+        try:
+            yield state
+        finally:
+            await client.aclose()

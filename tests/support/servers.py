@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -14,22 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 
 from bindu.agent import Agent
 from bindu.server.app import create_app
+from bindu.server.embedded import bind, serving
 from bindu.server.services import Service
 from bindu.settings import Settings
 from bindu.storage.base import Storage
 from tests.support.waiting import until
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @asynccontextmanager
@@ -40,27 +32,20 @@ async def inprocess_server(
     storage: Storage | None = None,
     services: list[Service] | None = None,
 ) -> AsyncIterator[str]:
-    port = free_port()
+    sock = bind()
+    port = sock.getsockname()[1]
     settings = settings.model_copy(
         update={"server": settings.server.model_copy(update={"host": "127.0.0.1", "port": port})}
     )
     app = create_app(settings, agent, storage=storage, services=services)
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    task = asyncio.create_task(server.serve())
+    async with serving(app, sock) as url:
+        yield url
 
-    async def started() -> bool:
-        if task.done():
-            task.result()  # surface start-up errors
-        return server.started
 
-    await until(started, timeout=30, what="in-process server start")
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 30)
+def free_port() -> int:
+    """A port for a server subprocess (it binds it itself, so a tiny race remains)."""
+    with bind() as sock:
+        return int(sock.getsockname()[1])
 
 
 class ServerProcess:
