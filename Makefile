@@ -25,8 +25,8 @@ $(STAMP_NPM): package.json package-lock.json
 install: $(STAMP_PY) $(STAMP_NPM)
 
 test: install
-	$(BIN)/ruff check bindu tests bench
-	$(BIN)/ruff format --check bindu tests bench
+	$(BIN)/ruff check bindu tests
+	$(BIN)/ruff format --check bindu tests
 	$(BIN)/mypy bindu
 	$(PY) -m pytest -q
 
@@ -37,8 +37,8 @@ lint: install
 	$(BIN)/pre-commit run --all-files
 
 fmt: install
-	$(BIN)/ruff format bindu tests bench
-	$(BIN)/ruff check --fix bindu tests bench
+	$(BIN)/ruff format bindu tests
+	$(BIN)/ruff check --fix bindu tests
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache
