@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 TASKS = Counter("bindu_tasks_total", "Tasks that reached a final state", ["state"])
-AGENT_RUNS = Counter("bindu_agent_runs_total", "Times the agent was invoked", ["outcome"])
+AGENT_RUNS = Counter("bindu_agent_runs_total", "Times the agent was invoked", ["outcome", "paid"])
 PAYMENTS = Counter(
     "bindu_payment_transitions_total", "Payment records that entered a status", ["status"]
 )

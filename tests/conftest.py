@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from bindu.devnet import Devnet, FaultSwitch
+from bindu.devnet.token import TRANSFER_TOPIC, address_topic
+from bindu.metrics import AGENT_RUNS
 
 
 @pytest.fixture(scope="session")
@@ -18,6 +20,23 @@ async def devnet() -> AsyncIterator[Devnet]:
     """
     async with Devnet() as running:
         yield running
+        await _assert_no_unpaid_work(running)
+
+
+async def _assert_no_unpaid_work(devnet: Devnet) -> None:
+    """Over the whole session: paid agent runs (in-process servers) never exceed the
+    settled payments the chain shows (Transfer events into the payee)."""
+    transfers = await devnet.rpc.call(
+        "eth_getLogs",
+        {
+            "address": devnet.info.token_address,
+            "fromBlock": "0x0",
+            "toBlock": "latest",
+            "topics": [TRANSFER_TOPIC, None, address_topic(devnet.info.pay_to)],
+        },
+    )
+    paid_runs = sum(AGENT_RUNS.labels(outcome, "true")._value.get() for outcome in ("ok", "error"))
+    assert paid_runs <= len(transfers), f"{paid_runs} paid agent runs, {len(transfers)} settled"
 
 
 @pytest.fixture

@@ -137,10 +137,11 @@ class TaskRunner:
         logger.warning("payment settle failed: task={} reason={} tx={}", task.id, reason, tx)
 
     async def _execute(self, task: Task, payment: PaymentRecord | None) -> None:
+        paid = "true" if payment is not None else "false"
         try:
             parts = await call_agent(self._agent, task.history)
         except Exception as exc:
-            AGENT_RUNS.labels("error").inc()
+            AGENT_RUNS.labels("error", paid).inc()
             reason = f"agent failed: {type(exc).__name__}: {exc}"[:500]
             logger.warning("agent failed on task {}: {}", task.id, reason)
             failed = task.with_status(TaskState.FAILED, reason)
@@ -150,7 +151,7 @@ class TaskRunner:
                 await self._storage.save_task(failed)
             TASKS.labels(TaskState.FAILED.value).inc()
             return
-        AGENT_RUNS.labels("ok").inc()
+        AGENT_RUNS.labels("ok", paid).inc()
         reply = Message(role="agent", parts=parts, task_id=task.id, context_id=task.context_id)
         done = task.model_copy(
             update={

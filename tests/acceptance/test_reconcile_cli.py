@@ -1,0 +1,68 @@
+"""``bindu reconcile --once`` as a subprocess against a SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bindu.devnet import Devnet
+from bindu.payments.records import PaymentStatus
+from bindu.storage.sqlite import SqliteStorage
+from tests.support.payments import (
+    AMOUNT,
+    requirements_for,
+    settle_directly,
+    sign,
+    store_failed_payment,
+)
+from tests.support.servers import REPO
+
+pytestmark = pytest.mark.devnet
+
+
+async def test_reconcile_once_prints_and_writes_the_verdicts(devnet: Devnet, tmp_path):
+    db = tmp_path / "bindu.db"
+    storage = SqliteStorage(str(db))
+    await storage.open()
+    payer = await devnet.new_payer(10 * AMOUNT)
+    requirements = requirements_for(devnet)
+    paid = await sign(devnet, payer, requirements)
+    settled = await settle_directly(devnet, paid, requirements)
+    orphan = await store_failed_payment(storage, paid, requirements)
+    waiting = await store_failed_payment(
+        storage, await sign(devnet, payer, requirements), requirements
+    )
+    await storage.close()
+
+    env = {**os.environ, **devnet.server_env(STORAGE__URL=f"sqlite:///{db}")}
+    proc = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "bindu.cli.main", "reconcile", "--once"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split() == ["payment", "task", "verdict", "attempts", "next", "check", "reason"]
+    rows = {line.split()[0]: line for line in lines[1:-1]}
+    assert "orphaned" in rows[orphan.id] and "transfer found on chain" in rows[orphan.id]
+    assert "retry" in rows[waiting.id] and "unused and still valid" in rows[waiting.id]
+    assert lines[-1] == "2 payment(s) examined"
+
+    storage = SqliteStorage(str(db))
+    await storage.open()
+    try:
+        done = await storage.get_payment(orphan.id)
+        still = await storage.get_payment(waiting.id)
+    finally:
+        await storage.close()
+    assert done is not None and done.status is PaymentStatus.ORPHANED
+    assert done.receipt is not None and done.receipt.transaction == settled.transaction
+    assert still is not None and still.status is PaymentStatus.FAILED and still.attempts == 1
