@@ -21,6 +21,8 @@ META_RECOVERED = "x402.payment.recovered"
 class PaymentStatus(StrEnum):
     CLAIMED = "claimed"  # internal: nonce reserved, /verify not answered yet; never shown
     VERIFIED = "payment-verified"
+    # fulfill policy: a reconciler is delivering the work (settling and/or running the agent).
+    FULFILLING = "payment-fulfilling"
     COMPLETED = "payment-completed"
     FAILED = "payment-failed"
     ORPHANED = "payment-orphaned"
@@ -29,8 +31,11 @@ class PaymentStatus(StrEnum):
     REFUNDED = "payment-refunded"
 
 
-# Statuses whose outcome is unknown: the reconciler's candidates.
-OPEN_STATUSES = frozenset({PaymentStatus.VERIFIED, PaymentStatus.FAILED})
+# Statuses whose outcome is unknown: the reconciler's candidates (a due FULFILLING record is
+# a fulfilment whose process died).
+OPEN_STATUSES = frozenset(
+    {PaymentStatus.VERIFIED, PaymentStatus.FAILED, PaymentStatus.FULFILLING}
+)
 FINAL_STATUSES = frozenset(
     {
         PaymentStatus.COMPLETED,
@@ -77,6 +82,45 @@ class Receipt:
 
 
 @dataclass(frozen=True)
+class Refund:
+    """An operator's refund of an orphan: a transfer from payTo back to the payer."""
+
+    transaction: str
+    amount: str
+    recorded_at: datetime
+    block_number: int | None = None
+    checked_on_chain: bool = False
+    note: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "transaction": self.transaction,
+            "amount": self.amount,
+            "recordedAt": self.recorded_at.isoformat(),
+            "blockNumber": self.block_number,
+            "checkedOnChain": self.checked_on_chain,
+            "note": self.note,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Refund:
+        return cls(
+            transaction=str(data["transaction"]),
+            amount=str(data["amount"]),
+            recorded_at=datetime.fromisoformat(str(data["recordedAt"])),
+            block_number=data.get("blockNumber"),
+            checked_on_chain=bool(data.get("checkedOnChain", False)),
+            note=data.get("note"),
+        )
+
+
+@dataclass(frozen=True)
+class StatusStats:
+    count: int
+    oldest_created_at: datetime | None
+
+
+@dataclass(frozen=True)
 class PaymentRecord:
     """One x402 payment, keyed by ``id``; unique on (network, asset, payer, nonce)."""
 
@@ -106,6 +150,7 @@ class PaymentRecord:
     lease_expires_at: datetime | None = None
     receipt: Receipt | None = None
     verdict_at: datetime | None = None
+    refund: Refund | None = None
     # Set by storage when a stored column could not be decoded: the record is corrupt.
     decode_error: str | None = None
 
@@ -126,4 +171,5 @@ class PaymentUpdate:
     next_check_at: datetime | None = None
     receipt: Receipt | None = None
     verdict_at: datetime | None = None
+    refund: Refund | None = None
     release_lease: bool = False

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from bindu.a2a import Task, TaskState
-from bindu.payments.records import PaymentRecord, PaymentStatus, PaymentUpdate
+from bindu.payments.records import PaymentRecord, PaymentStatus, PaymentUpdate, StatusStats
 
 
 class Storage(Protocol):
@@ -90,3 +90,13 @@ class Storage(Protocol):
 
     async def count_payments(self) -> dict[PaymentStatus, int]:
         """Number of records per status."""
+
+    async def payment_stats(self) -> dict[PaymentStatus, StatusStats]:
+        """Count and oldest created_at per status, for gauges (every status present)."""
+
+    # A2A push notification configs (one per task; the token is a secret: never rendered)
+
+    async def set_push_config(self, task_id: str, config: dict[str, Any]) -> None:
+        """Insert or replace the task's push notification config."""
+
+    async def get_push_config(self, task_id: str) -> dict[str, Any] | None: ...
