@@ -7,7 +7,9 @@ two conversions are passed in as functions and everything else lives here once.
 
 from __future__ import annotations
 
+import json as _json
 from collections.abc import Callable, Collection, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +20,8 @@ from bindu.payments.records import (
     PaymentStatus,
     PaymentUpdate,
     Receipt,
+    Refund,
+    StatusStats,
 )
 
 # Stands in for an unreadable required timestamp; decode_error says the row is corrupt.
@@ -49,6 +53,37 @@ def check_page(limit: int, offset: int) -> None:
         raise StorageError(f"limit and offset must be >= 0, got {limit} and {offset}")
 
 
+def checked_push_config(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` as every backend stores it: a JSON object (a fresh copy); anything that
+    is not plain JSON is refused up front, in every backend alike."""
+    if not isinstance(config, dict):
+        raise StorageError(f"a push config must be a JSON object, got {type(config).__name__}")
+    try:
+        copied: dict[str, Any] = _json.loads(_json.dumps(config, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise StorageError(f"push config is not plain JSON: {exc}") from exc
+    return copied
+
+
+def decode_push_config(task_id: str, raw: Any, load_json: JsonDecoder) -> dict[str, Any]:
+    """A stored push config; an unreadable one raises StorageError (like an unreadable task)
+    rather than silently disabling the payer's notifications."""
+    try:
+        value = load_json(raw)
+    except (TypeError, ValueError) as exc:
+        raise StorageError(f"push config of task {task_id} is unreadable: {exc}") from exc
+    if not isinstance(value, dict):
+        raise StorageError(f"push config of task {task_id} is not a JSON object")
+    return value
+
+
+def normalize_refund(refund: Refund | None) -> Refund | None:
+    """The refund as stored: its time in UTC (a naive one is refused like any other)."""
+    if refund is None:
+        return None
+    return replace(refund, recorded_at=utc(refund.recorded_at))
+
+
 def normalize_payment(record: PaymentRecord) -> PaymentRecord:
     """The record as stored: addresses and nonce lower-cased (so the unique key cannot be
     dodged by changing hex case) and every time in UTC."""
@@ -66,6 +101,7 @@ def normalize_payment(record: PaymentRecord) -> PaymentRecord:
         next_check_at=utc_opt(record.next_check_at),
         lease_expires_at=utc_opt(record.lease_expires_at),
         verdict_at=utc_opt(record.verdict_at),
+        refund=normalize_refund(record.refund),
         decode_error=None,
     )
 
@@ -105,6 +141,7 @@ def payment_params(
         "lease_expires_at": time(record.lease_expires_at),
         "receipt": None if record.receipt is None else json(record.receipt.to_json()),
         "verdict_at": time(record.verdict_at),
+        "refund": None if record.refund is None else json(record.refund.to_json()),
     }
 
 
@@ -119,6 +156,7 @@ def transition_params(
     json: JsonEncoder,
 ) -> dict[str, Any]:
     """Bind parameters for the ``transition_payment`` statement of either SQL dialect."""
+    refund = normalize_refund(update.refund)
     return {
         "id": payment_id,
         "expected": [str(status) for status in expected],
@@ -133,6 +171,7 @@ def transition_params(
         "clear_next_check": clears_next_check(update),
         "receipt": None if update.receipt is None else json(update.receipt.to_json()),
         "verdict_at": time(utc_opt(update.verdict_at)),
+        "refund": None if refund is None else json(refund.to_json()),
         "release_lease": update.release_lease,
         "updated_at": time(utc(now)),
     }
@@ -187,6 +226,18 @@ class _RowDecoder:
             self.problems.append(f"receipt: missing {exc}")
         except (TypeError, ValueError):
             self.problems.append("receipt: malformed")
+        return None
+
+    def refund(self) -> Refund | None:
+        data = self.json_object("refund")
+        if data is None:
+            return None
+        try:
+            return normalize_refund(Refund.from_json(data))
+        except KeyError as exc:
+            self.problems.append(f"refund: missing {exc}")
+        except (TypeError, ValueError, StorageError):
+            self.problems.append("refund: malformed")
         return None
 
     def status(self) -> PaymentStatus:
@@ -254,20 +305,45 @@ def decode_payment(
         lease_expires_at=d.time("lease_expires_at"),
         receipt=d.receipt(),
         verdict_at=d.time("verdict_at"),
+        refund=d.refund(),
     )
     if d.problems:
         return record.evolve(decode_error="; ".join(d.problems))
     return record
 
 
+def _stored_status(raw: Any) -> PaymentStatus:
+    # An unknown stored status counts as payment-failed, matching how decode_payment reads it.
+    try:
+        return PaymentStatus(raw)
+    except ValueError:
+        return PaymentStatus.FAILED
+
+
 def status_counts(rows: Collection[tuple[Any, int]]) -> dict[PaymentStatus, int]:
-    """Every status with its count (zeros included); an unknown stored status counts as
-    payment-failed, matching how decode_payment reads it."""
+    """Every status with its count (zeros included)."""
     counts = dict.fromkeys(PaymentStatus, 0)
     for raw, n in rows:
-        try:
-            status = PaymentStatus(raw)
-        except ValueError:
-            status = PaymentStatus.FAILED
-        counts[status] += int(n)
+        counts[_stored_status(raw)] += int(n)
     return counts
+
+
+def status_stats(
+    rows: Collection[tuple[Any, int, Any]], *, load_time: TimeDecoder
+) -> dict[PaymentStatus, StatusStats]:
+    """Every status with its count and oldest created_at (0 and None when absent), from
+    (stored status, count, oldest stored created_at) rows. An unreadable time is skipped:
+    gauges must not fail because one row is corrupt."""
+    counts: dict[PaymentStatus, int] = dict.fromkeys(PaymentStatus, 0)
+    oldest: dict[PaymentStatus, datetime | None] = dict.fromkeys(PaymentStatus)
+    for raw, n, raw_time in rows:
+        status = _stored_status(raw)
+        counts[status] += int(n)
+        try:
+            when = None if raw_time is None else load_time(raw_time)
+        except (TypeError, ValueError):
+            when = None
+        current = oldest[status]
+        if when is not None and (current is None or when < current):
+            oldest[status] = when
+    return {status: StatusStats(counts[status], oldest[status]) for status in PaymentStatus}

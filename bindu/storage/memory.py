@@ -21,11 +21,14 @@ from bindu.payments.records import (
     PaymentRecord,
     PaymentStatus,
     PaymentUpdate,
+    StatusStats,
 )
 from bindu.storage.codec import (
     check_page,
+    checked_push_config,
     clears_next_check,
     normalize_payment,
+    normalize_refund,
     status_counts,
     utc,
     utc_opt,
@@ -70,6 +73,8 @@ def _apply(record: PaymentRecord, update: PaymentUpdate, now: datetime) -> Payme
         changes["receipt"] = update.receipt
     if update.verdict_at is not None:
         changes["verdict_at"] = utc(update.verdict_at)
+    if update.refund is not None:
+        changes["refund"] = normalize_refund(update.refund)
     if update.release_lease:
         changes["lease_owner"] = None
         changes["lease_expires_at"] = None
@@ -84,6 +89,7 @@ class MemoryStorage:
         self._tasks: dict[str, _StoredTask] = {}
         self._payments: dict[str, PaymentRecord] = {}
         self._by_key: dict[_UniqueKey, str] = {}
+        self._push_configs: dict[str, dict[str, Any]] = {}
 
     async def open(self) -> None:
         """Nothing to connect to; re-opening keeps the data, like the SQL backends."""
@@ -189,6 +195,7 @@ class MemoryStorage:
     ) -> PaymentRecord | None:
         now = utc(now)
         update = copy.deepcopy(update)
+        normalize_refund(update.refund)  # a naive time is refused before anything changes
         async with self._lock:
             record = self._payments.get(payment_id)
             if record is None or record.status not in expected:
@@ -252,3 +259,26 @@ class MemoryStorage:
         async with self._lock:
             statuses = [str(r.status) for r in self._payments.values()]
         return status_counts([(status, 1) for status in statuses])
+
+    async def payment_stats(self) -> dict[PaymentStatus, StatusStats]:
+        async with self._lock:
+            records = list(self._payments.values())
+        counts = status_counts([(str(r.status), 1) for r in records])
+        oldest: dict[PaymentStatus, datetime | None] = dict.fromkeys(PaymentStatus)
+        for record in records:
+            current = oldest[record.status]
+            if current is None or record.created_at < current:
+                oldest[record.status] = record.created_at
+        return {status: StatusStats(counts[status], oldest[status]) for status in PaymentStatus}
+
+    # Push notification configs
+
+    async def set_push_config(self, task_id: str, config: dict[str, Any]) -> None:
+        stored = checked_push_config(config)
+        async with self._lock:
+            self._push_configs[task_id] = stored
+
+    async def get_push_config(self, task_id: str) -> dict[str, Any] | None:
+        async with self._lock:
+            stored = self._push_configs.get(task_id)
+            return None if stored is None else copy.deepcopy(stored)

@@ -21,13 +21,16 @@ from psycopg_pool import AsyncConnectionPool
 
 from bindu.a2a import Task, TaskState
 from bindu.errors import StorageError
-from bindu.payments.records import PaymentRecord, PaymentStatus, PaymentUpdate
+from bindu.payments.records import PaymentRecord, PaymentStatus, PaymentUpdate, StatusStats
 from bindu.storage.codec import (
     check_page,
+    checked_push_config,
     decode_payment,
+    decode_push_config,
     normalize_payment,
     payment_params,
     status_counts,
+    status_stats,
     transition_params,
     utc,
     utc_opt,
@@ -289,3 +292,25 @@ class PostgresStorage:
     async def count_payments(self) -> dict[PaymentStatus, int]:
         rows = await self._fetch("count_payments")
         return status_counts([(row["status"], row["n"]) for row in rows])
+
+    async def payment_stats(self) -> dict[PaymentStatus, StatusStats]:
+        rows = await self._fetch("payment_stats")
+        return status_stats(
+            [(row["status"], row["n"], row["oldest"]) for row in rows], load_time=_decode_time
+        )
+
+    # Push notification configs
+
+    async def set_push_config(self, task_id: str, config: dict[str, Any]) -> None:
+        params = {
+            "task_id": task_id,
+            "config": Jsonb(checked_push_config(config)),
+            "now": utc(self._clock()),
+        }
+        await self._fetch("set_push_config", params)
+
+    async def get_push_config(self, task_id: str) -> dict[str, Any] | None:
+        rows = await self._fetch("get_push_config", {"task_id": task_id})
+        if not rows:
+            return None
+        return decode_push_config(task_id, rows[0]["config"], _identity)

@@ -22,13 +22,16 @@ from loguru import logger
 
 from bindu.a2a import Task, TaskState
 from bindu.errors import StorageError
-from bindu.payments.records import PaymentRecord, PaymentStatus, PaymentUpdate
+from bindu.payments.records import PaymentRecord, PaymentStatus, PaymentUpdate, StatusStats
 from bindu.storage.codec import (
     check_page,
+    checked_push_config,
     decode_payment,
+    decode_push_config,
     normalize_payment,
     payment_params,
     status_counts,
+    status_stats,
     transition_params,
     utc,
     utc_opt,
@@ -374,3 +377,28 @@ class SqliteStorage:
         async with self._read() as conn:
             rows = await self._fetch(conn, "count_payments")
         return status_counts([(row["status"], row["n"]) for row in rows])
+
+    async def payment_stats(self) -> dict[PaymentStatus, StatusStats]:
+        async with self._read() as conn:
+            rows = await self._fetch(conn, "payment_stats")
+        return status_stats(
+            [(row["status"], row["n"], row["oldest"]) for row in rows], load_time=decode_time
+        )
+
+    # Push notification configs
+
+    async def set_push_config(self, task_id: str, config: dict[str, Any]) -> None:
+        params = {
+            "task_id": task_id,
+            "config": encode_json(checked_push_config(config)),
+            "now": encode_time(self._clock()),
+        }
+        async with self._write() as conn:
+            await conn.execute(self._q["set_push_config"], params)
+
+    async def get_push_config(self, task_id: str) -> dict[str, Any] | None:
+        async with self._read() as conn:
+            rows = await self._fetch(conn, "get_push_config", {"task_id": task_id})
+        if not rows:
+            return None
+        return decode_push_config(task_id, rows[0]["config"], decode_json)

@@ -13,10 +13,13 @@ from bindu.a2a import Task, TaskState, TaskStatus
 from bindu.errors import StorageError
 from bindu.payments.records import (
     FINAL_STATUSES,
+    OPEN_STATUSES,
     PaymentRecord,
     PaymentStatus,
     PaymentUpdate,
     Receipt,
+    Refund,
+    StatusStats,
 )
 from bindu.storage.base import Storage
 
@@ -62,6 +65,18 @@ def due_record(payment_id: str, next_check_at: datetime, **changes: Any) -> Paym
 
 def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
+
+
+def make_refund(**changes: Any) -> Refund:
+    base = Refund(
+        transaction="0x" + "ee" * 32,
+        amount="10000",
+        recorded_at=at(50),
+        block_number=12,
+        checked_on_chain=True,
+        note="refunded by hand",
+    )
+    return Refund(**{**base.__dict__, **changes})
 
 
 # Tasks
@@ -154,6 +169,7 @@ async def test_claim_and_get_round_trip(storage: Storage) -> None:
         lease_expires_at=at(20),
         receipt=Receipt("0xtx", "eip155:84532", "0xpayer", "10000", "0xasset", 7),
         verdict_at=at(5),
+        refund=make_refund(),
     )
     assert await storage.claim_payment(record) is True
     got = await storage.get_payment("p1")
@@ -170,6 +186,7 @@ async def test_claim_record_without_json_fields(storage: Storage) -> None:
     got = await storage.get_payment("p1")
     assert got is not None
     assert (got.payload, got.requirements, got.answers, got.receipt) == (None, None, [], None)
+    assert got.refund is None
     assert got.decode_error is None
 
 
@@ -606,3 +623,158 @@ async def test_reopen_keeps_data(backend: Backend) -> None:
     assert await second.get_task("t1") == make_task("t1")
     got = await second.get_payment("p1")
     assert got is not None and got.id == "p1"
+
+
+# Refunds (migration 2)
+
+
+async def test_transition_records_refund(storage: Storage) -> None:
+    receipt = Receipt("0xpaid", "eip155:84532", "0xpayer", "10000", "0xasset", 3)
+    await storage.claim_payment(make_record("p1", status=S.ORPHANED, receipt=receipt))
+    refund = make_refund(block_number=None, checked_on_chain=False, note=None)
+    got = await storage.transition_payment(
+        "p1", [S.ORPHANED], PaymentUpdate(status=S.REFUNDED, refund=refund), now=at(60)
+    )
+    assert got is not None
+    assert got.status == S.REFUNDED and got.refund == refund and got.receipt == receipt
+    assert await storage.get_payment("p1") == got
+    # None leaves the refund as it is.
+    again = await storage.transition_payment(
+        "p1", [S.REFUNDED], PaymentUpdate(error="note"), now=at(61)
+    )
+    assert again is not None and again.refund == refund
+
+
+async def test_refund_times_come_back_in_utc(storage: Storage) -> None:
+    plus2 = timezone(timedelta(hours=2))
+    local = datetime(2026, 1, 1, 2, 0, tzinfo=plus2)  # == T0
+    await storage.claim_payment(make_record("p1", status=S.ORPHANED))
+    got = await storage.transition_payment(
+        "p1", [S.ORPHANED], PaymentUpdate(refund=make_refund(recorded_at=local)), now=at(1)
+    )
+    assert got is not None and got.refund is not None
+    assert got.refund.recorded_at == T0 and got.refund.recorded_at.tzinfo == UTC
+    naive = make_refund(recorded_at=datetime(2026, 1, 1))
+    with pytest.raises(StorageError):
+        await storage.transition_payment(
+            "p1", [S.ORPHANED], PaymentUpdate(status=S.REFUNDED, refund=naive), now=at(2)
+        )
+    with pytest.raises(StorageError):
+        await storage.claim_payment(make_record("p2", refund=naive))
+    stored = await storage.get_payment("p1")
+    assert stored is not None and stored.status == S.ORPHANED and stored.refund == got.refund
+    assert await storage.get_payment("p2") is None
+
+
+# payment-fulfilling (migration 2)
+
+
+@pytest.mark.parametrize("status", list(PaymentStatus))
+async def test_claim_due_takes_exactly_the_open_statuses(
+    storage: Storage, status: PaymentStatus
+) -> None:
+    await storage.claim_payment(due_record("p1", at(0), status=status))
+    got = await storage.claim_due_payments(now=at(1), limit=5, owner="w", lease_seconds=5)
+    assert [r.id for r in got] == (["p1"] if status in OPEN_STATUSES else [])
+
+
+async def test_fulfilling_keeps_next_check_and_is_claimed_when_due(storage: Storage) -> None:
+    await storage.claim_payment(due_record("p1", at(0), status=S.FAILED))
+    [leased] = await storage.claim_due_payments(now=at(1), limit=5, owner="w", lease_seconds=30)
+    assert leased.lease_owner == "w"
+    got = await storage.transition_payment(
+        "p1",
+        [S.FAILED],
+        PaymentUpdate(status=S.FULFILLING, next_check_at=at(100)),
+        now=at(2),
+        lease_owner="w",
+    )
+    assert got is not None and got.status == S.FULFILLING and got.next_check_at == at(100)
+    kept = await storage.transition_payment(
+        "p1", [S.FULFILLING], PaymentUpdate(attempts=1), now=at(3)
+    )
+    assert kept is not None and kept.next_check_at == at(100)
+    # A fulfilment whose process died: due again once its check time and lease pass.
+    assert await storage.claim_due_payments(now=at(99), limit=5, owner="x", lease_seconds=5) == []
+    [again] = await storage.claim_due_payments(now=at(100), limit=5, owner="x", lease_seconds=5)
+    assert again.id == "p1" and again.status == S.FULFILLING and again.lease_owner == "x"
+    done = await storage.transition_payment(
+        "p1", [S.FULFILLING], PaymentUpdate(status=S.COMPLETED), now=at(101), lease_owner="x"
+    )
+    assert done is not None and done.next_check_at is None
+
+
+# Stats
+
+
+async def test_payment_stats_empty(storage: Storage) -> None:
+    assert await storage.payment_stats() == dict.fromkeys(PaymentStatus, StatusStats(0, None))
+
+
+async def test_payment_stats_counts_and_oldest(storage: Storage) -> None:
+    await storage.claim_payment(make_record("v1", status=S.VERIFIED, created_at=at(30)))
+    await storage.claim_payment(make_record("v2", status=S.VERIFIED, created_at=at(10)))
+    await storage.claim_payment(make_record("v3", status=S.VERIFIED, created_at=at(20)))
+    await storage.claim_payment(make_record("o1", status=S.ORPHANED, created_at=at(5)))
+    await storage.claim_payment(make_record("f1", status=S.FAILED, created_at=at(40)))
+    # A transition moves a record between statuses; created_at stays.
+    await storage.transition_payment("f1", [S.FAILED], PaymentUpdate(status=S.VOID), now=at(50))
+    stats = await storage.payment_stats()
+    assert stats == {
+        **dict.fromkeys(PaymentStatus, StatusStats(0, None)),
+        S.VERIFIED: StatusStats(3, at(10)),
+        S.ORPHANED: StatusStats(1, at(5)),
+        S.VOID: StatusStats(1, at(40)),
+    }
+    for value in stats.values():
+        assert value.oldest_created_at is None or value.oldest_created_at.tzinfo == UTC
+    counts = await storage.count_payments()
+    assert {status: value.count for status, value in stats.items()} == counts
+
+
+# Push notification configs (migration 2)
+
+
+async def test_push_config_set_get_replace(storage: Storage) -> None:
+    assert await storage.get_push_config("t1") is None
+    config = {"url": "https://client.example/hook", "token": "secret", "nested": {"n": [1, 2]}}
+    await storage.set_push_config("t1", config)
+    assert await storage.get_push_config("t1") == config
+    assert await storage.get_push_config("t2") is None
+    replaced = {"url": "https://client.example/other"}
+    await storage.set_push_config("t1", replaced)
+    assert await storage.get_push_config("t1") == replaced
+    await storage.set_push_config("t2", {})
+    assert await storage.get_push_config("t2") == {}
+    assert await storage.get_push_config("t1") == replaced
+
+
+async def test_push_config_is_a_copy(storage: Storage) -> None:
+    config: dict[str, Any] = {"url": "https://x", "headers": {"a": "1"}}
+    await storage.set_push_config("t1", config)
+    config["headers"]["a"] = "changed by caller"
+    got = await storage.get_push_config("t1")
+    assert got == {"url": "https://x", "headers": {"a": "1"}}
+    assert got is not None
+    got["url"] = "changed again"
+    assert await storage.get_push_config("t1") == {"url": "https://x", "headers": {"a": "1"}}
+
+
+@pytest.mark.parametrize(
+    "config",
+    [["not", "an", "object"], {"x": object()}, {"x": float("nan")}],
+    ids=["list", "not-json", "nan"],
+)
+async def test_push_config_refuses_non_json(storage: Storage, config: Any) -> None:
+    await storage.set_push_config("t1", {"url": "https://kept"})
+    with pytest.raises(StorageError):
+        await storage.set_push_config("t1", config)
+    assert await storage.get_push_config("t1") == {"url": "https://kept"}
+
+
+async def test_push_config_survives_reopen(backend: Backend) -> None:
+    first = await backend.handle()
+    await first.set_push_config("t1", {"url": "https://x"})
+    await first.close()
+    second = await backend.handle()
+    assert await second.get_push_config("t1") == {"url": "https://x"}

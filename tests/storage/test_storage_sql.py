@@ -5,32 +5,46 @@ candidate query uses the partial index."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 from typing import Any
 
 import pytest
+from psycopg.types.json import Jsonb
 
+from bindu.a2a import TaskState
 from bindu.errors import StorageError
-from bindu.payments.records import PaymentStatus, PaymentUpdate
+from bindu.payments.records import PaymentRecord, PaymentStatus, PaymentUpdate, Receipt, StatusStats
+from bindu.storage import sqlite as sqlite_backend
+from bindu.storage.codec import normalize_payment, payment_params, utc_opt
 from bindu.storage.queries import load_queries
 
 from .conftest import Backend
-from .test_storage_conformance import at, due_record, make_record, make_task
+from .test_storage_conformance import at, due_record, make_record, make_refund, make_task
 
 S = PaymentStatus
 
-# column -> (SQLite raw value, Postgres raw SQL expression, expected decode_error fragment)
+# column[_variant] -> (SQLite raw value, Postgres raw SQL expression, expected decode_error
+# fragment)
 CORRUPTIONS: dict[str, tuple[str, str, str]] = {
     "payload": ("{not json", "'\"not an object\"'::jsonb", "payload"),
     "requirements": ("[1, 2", "'[1, 2]'::jsonb", "requirements"),
     "answers": ("oops", "'{\"a\": 1}'::jsonb", "answers"),
     "receipt": ('{"network": "x"}', '\'{"network": "x"}\'::jsonb', "receipt: missing"),
     "status": ("payment-bogus", "'payment-bogus'", "status: unknown"),
+    "refund": ('{"transaction": "0x1"}', '\'{"amount": "1"}\'::jsonb', "refund: missing"),
+    "refund_time": (
+        '{"transaction": "0x1", "amount": "1", "recordedAt": "yesterday"}',
+        '\'{"transaction": "0x1", "amount": "1", "recordedAt": "2026-01-01T00:00:00"}\'::jsonb',
+        "refund: malformed",
+    ),
+    "refund_text": ("{oops", "'[]'::jsonb", "refund"),
 }
 
 
-async def corrupt(backend: Backend, payment_id: str, column: str) -> None:
-    sqlite_value, postgres_expr, _ = CORRUPTIONS[column]
+async def corrupt(backend: Backend, payment_id: str, corruption: str) -> None:
+    sqlite_value, postgres_expr, _ = CORRUPTIONS[corruption]
+    column = corruption.split("_")[0]
     # Test-only SQL: the column name comes from the fixed table above.
     if backend.name == "sqlite":
         await backend.execute(
@@ -47,7 +61,7 @@ async def corrupt(backend: Backend, payment_id: str, column: str) -> None:
 @pytest.mark.parametrize("column", sorted(CORRUPTIONS))
 async def test_corrupt_row_is_flagged_not_raised(sql_backend: Backend, column: str) -> None:
     storage = await sql_backend.handle()
-    good = due_record("p1", at(0), answers=[{"n": 1}], task_id="t1")
+    good = due_record("p1", at(0), answers=[{"n": 1}], task_id="t1", refund=make_refund())
     await storage.claim_payment(good)
     await storage.claim_payment(make_record("p2"))
     await corrupt(sql_backend, "p1", column)
@@ -62,6 +76,7 @@ async def test_corrupt_row_is_flagged_not_raised(sql_backend: Backend, column: s
         "answers": [] if column == "answers" else good.answers,
         "receipt": None,
         "status": S.FAILED if column == "status" else S.VERIFIED,
+        "refund": None if column.startswith("refund") else good.refund,
     }
     assert {name: getattr(got, name) for name in expected} == expected
     assert (got.id, got.payer, got.nonce, got.next_check_at) == (
@@ -205,4 +220,172 @@ async def test_postgres_tables_live_in_the_schema(sql_backend: Backend) -> None:
         " ORDER BY table_name",
         {"schema": sql_backend.schema},
     )
-    assert [row["table_name"] for row in rows] == ["bindu_schema_version", "payments", "tasks"]
+    assert [row["table_name"] for row in rows] == [
+        "bindu_schema_version",
+        "payments",
+        "push_configs",
+        "tasks",
+    ]
+
+
+# Upgrades
+
+
+def _dialect(backend: Backend) -> str:
+    return "sqlite" if backend.name == "sqlite" else "postgres"
+
+
+async def _create_at_version_1(backend: Backend) -> None:
+    """A database exactly as bindu at schema version 1 left it: the real migration code,
+    shown only migration 1."""
+    storage = backend.make()
+    queries = load_queries(_dialect(backend))
+    storage._q = dataclasses.replace(queries, migrations=queries.migrations[:1])  # type: ignore[attr-defined]
+    await storage.open()
+    await storage.close()
+
+
+async def _insert_v1(backend: Backend, table: str, params: dict[str, Any]) -> None:
+    columns = ", ".join(params)
+    if backend.name == "sqlite":
+        values = ", ".join(f":{name}" for name in params)
+    else:
+        values = ", ".join(f"%({name})s" for name in params)
+    await backend.execute(f"INSERT INTO {table} ({columns}) VALUES ({values})", params)
+
+
+async def _insert_v1_payment(backend: Backend, record: PaymentRecord) -> None:
+    """The row version 1's claim_payment wrote: every column but the refund."""
+    if backend.name == "sqlite":
+        params = payment_params(
+            normalize_payment(record),
+            time=sqlite_backend.encode_time,
+            json=sqlite_backend.encode_json,
+        )
+    else:
+        params = payment_params(normalize_payment(record), time=utc_opt, json=Jsonb)
+    del params["refund"]
+    await _insert_v1(backend, "payments", params)
+
+
+async def _insert_v1_task(backend: Backend, task_id: str) -> None:
+    task = make_task(task_id, state=TaskState.FAILED)
+    encode = sqlite_backend.encode_json if backend.name == "sqlite" else Jsonb
+    now: Any = sqlite_backend.encode_time(at(0)) if backend.name == "sqlite" else at(0)
+    await _insert_v1(
+        backend,
+        "tasks",
+        {
+            "id": task.id,
+            "context_id": task.context_id,
+            "state": str(task.state),
+            "data": encode(task.wire()),
+            "created_at": now,
+            "updated_at": now,
+        },
+    )
+
+
+async def _versions(backend: Backend) -> list[int]:
+    rows = await backend.execute("SELECT version FROM bindu_schema_version ORDER BY version")
+    return [row[0] if isinstance(row, tuple) else row["version"] for row in rows]
+
+
+async def test_upgrade_from_version_1_keeps_data(sql_backend: Backend) -> None:
+    await _create_at_version_1(sql_backend)
+    assert await _versions(sql_backend) == [1]
+    receipt = Receipt("0x" + "aa" * 32, "eip155:84532", "0xpayer", "10000", "0xasset", 9)
+    old = [
+        due_record("failed", at(1), status=S.FAILED, answers=[{"source": "settle", "n": 1}]),
+        due_record("verified", at(2), created_at=at(-5), settle_tx="0xtx", error="timeout"),
+        make_record("orphan", status=S.ORPHANED, receipt=receipt, verdict_at=at(3)),
+        make_record("done", status=S.COMPLETED, created_at=at(-10)),
+    ]
+    for record in old:
+        await _insert_v1_payment(sql_backend, record)
+    await _insert_v1_task(sql_backend, "t1")
+
+    storage = await sql_backend.handle()  # the new code migrates to the latest version
+    latest = [m.version for m in load_queries(_dialect(sql_backend)).migrations]
+    assert latest[-1] >= 2 and await _versions(sql_backend) == latest
+    assert await storage.get_task("t1") == make_task("t1", state=TaskState.FAILED)
+    for record in old:
+        got = await storage.get_payment(record.id)
+        assert got == normalize_payment(record), record.id
+        assert got is not None and got.refund is None and got.decode_error is None
+    assert [r.id for r in await storage.list_payments()] == ["done", "verified", "failed", "orphan"]
+    stats = await storage.payment_stats()
+    assert stats[S.VERIFIED] == StatusStats(1, at(-5)) and stats[S.COMPLETED].count == 1
+
+    # Old records take part in everything new: leasing (the rebuilt index), fulfilling,
+    # refunds and push configs.
+    due = await storage.claim_due_payments(now=at(10), limit=5, owner="w", lease_seconds=30)
+    assert [r.id for r in due] == ["failed", "verified"]
+    fulfilling = await storage.transition_payment(
+        "failed",
+        [S.FAILED],
+        PaymentUpdate(status=S.FULFILLING, next_check_at=at(20), release_lease=True),
+        now=at(11),
+        lease_owner="w",
+    )
+    assert fulfilling is not None and fulfilling.answers == old[0].answers
+    [again] = await storage.claim_due_payments(now=at(20), limit=5, owner="x", lease_seconds=5)
+    assert again.id == "failed" and again.status == S.FULFILLING
+    refunded = await storage.transition_payment(
+        "orphan",
+        [S.ORPHANED],
+        PaymentUpdate(status=S.REFUNDED, refund=make_refund()),
+        now=at(30),
+    )
+    assert refunded is not None and refunded.refund == make_refund()
+    assert refunded.receipt == receipt
+    await storage.set_push_config("t1", {"url": "https://x"})
+    assert await storage.get_push_config("t1") == {"url": "https://x"}
+    await storage.close()
+
+    # And once more: nothing left to migrate, nothing changes.
+    reopened = await sql_backend.handle()
+    assert await reopened.get_payment("orphan") == refunded
+    assert len(await reopened.list_payments()) == len(old)
+
+
+async def test_payment_stats_uses_the_status_index(sql_backend: Backend) -> None:
+    storage = await sql_backend.handle()
+    for n in range(5):
+        await storage.claim_payment(make_record(f"p{n}", status=S.VERIFIED, created_at=at(n)))
+    query = load_queries(_dialect(sql_backend))["payment_stats"]
+    if sql_backend.name == "sqlite":
+        plan = "\n".join(
+            str(row[-1]) for row in await sql_backend.execute(f"EXPLAIN QUERY PLAN {query}")
+        )
+        # Covering: counts and oldest times come from the index without reading the table.
+        assert "USING COVERING INDEX payments_status_created" in plan, plan
+    else:
+        plan = "\n".join(
+            row["QUERY PLAN"]
+            for row in await sql_backend.execute(
+                f"EXPLAIN {query}", session=["SET enable_seqscan = off"]
+            )
+        )
+        assert "payments_status_created" in plan, plan
+        assert "Seq Scan on payments" not in plan, plan
+
+
+async def test_unknown_status_in_stats_counts_as_failed(sql_backend: Backend) -> None:
+    storage = await sql_backend.handle()
+    await storage.claim_payment(make_record("p1", status=S.VERIFIED, created_at=at(1)))
+    await storage.claim_payment(make_record("p2", status=S.FAILED, created_at=at(5)))
+    await corrupt(sql_backend, "p1", "status")
+    stats = await storage.payment_stats()
+    assert stats[S.FAILED] == StatusStats(2, at(1)) and stats[S.VERIFIED] == StatusStats(0, None)
+
+
+async def test_corrupt_push_config_raises(sql_backend: Backend) -> None:
+    storage = await sql_backend.handle()
+    await storage.set_push_config("t1", {"url": "https://x"})
+    if sql_backend.name == "sqlite":
+        await sql_backend.execute("UPDATE push_configs SET config = '{oops'")
+    else:
+        await sql_backend.execute("UPDATE push_configs SET config = '[1]'::jsonb")
+    with pytest.raises(StorageError, match="push config of task t1"):
+        await storage.get_push_config("t1")

@@ -80,6 +80,22 @@ CREATE INDEX payments_created ON payments (created_at, id);
 CREATE INDEX payments_due ON payments (next_check_at, id)
     WHERE status IN ('payment-verified', 'payment-failed');
 
+-- migration: 2
+-- Issue 5: the fulfil policy's payment-fulfilling joins the reconciler's candidates, an
+-- operator's refund is kept on the record, gauges read counts per status cheaply, and
+-- A2A push notification configs get a table. Nothing is dropped but an index, rebuilt.
+ALTER TABLE payments ADD COLUMN refund jsonb;
+DROP INDEX payments_due;
+CREATE INDEX payments_due ON payments (next_check_at, id)
+    WHERE status IN ('payment-verified', 'payment-failed', 'payment-fulfilling');
+-- payment_stats: count and oldest created_at per status from the index.
+CREATE INDEX payments_status_created ON payments (status, created_at);
+CREATE TABLE push_configs (
+    task_id text PRIMARY KEY,
+    config jsonb NOT NULL,
+    updated_at timestamptz NOT NULL
+);
+
 -- name: insert_task
 INSERT INTO tasks (id, context_id, state, data, created_at, updated_at)
 VALUES (%(id)s, %(context_id)s, %(state)s, %(data)s, %(now)s, %(now)s)
@@ -121,13 +137,13 @@ INSERT INTO payments (
     id, task_id, status, network, asset, pay_to, payer, amount, nonce,
     valid_after, valid_before, payload, requirements, created_at, updated_at,
     settle_tx, error, answers, attempts, next_check_at, lease_owner, lease_expires_at,
-    receipt, verdict_at
+    receipt, verdict_at, refund
 ) VALUES (
     %(id)s, %(task_id)s, %(status)s, %(network)s, %(asset)s, %(pay_to)s, %(payer)s,
     %(amount)s, %(nonce)s, %(valid_after)s, %(valid_before)s, %(payload)s,
     %(requirements)s, %(created_at)s, %(updated_at)s, %(settle_tx)s, %(error)s,
     %(answers)s, %(attempts)s, %(next_check_at)s, %(lease_owner)s, %(lease_expires_at)s,
-    %(receipt)s, %(verdict_at)s
+    %(receipt)s, %(verdict_at)s, %(refund)s
 )
 ON CONFLICT (network, asset, payer, nonce) DO NOTHING
 RETURNING id;
@@ -169,6 +185,7 @@ UPDATE payments SET
     END,
     receipt = coalesce(%(receipt)s::jsonb, receipt),
     verdict_at = coalesce(%(verdict_at)s::timestamptz, verdict_at),
+    refund = coalesce(%(refund)s::jsonb, refund),
     lease_owner = CASE WHEN %(release_lease)s::boolean THEN NULL ELSE lease_owner END,
     lease_expires_at = CASE
         WHEN %(release_lease)s::boolean THEN NULL ELSE lease_expires_at
@@ -182,10 +199,11 @@ RETURNING *;
 -- name: claim_due_payments
 -- SKIP LOCKED lets concurrent reconcilers pass over rows another one is leasing right
 -- now; a row leased and committed meanwhile fails the re-checked WHERE (its lease is
--- no longer expired). Uses the partial index payments_due.
+-- no longer expired). Uses the partial index payments_due; the status list is
+-- OPEN_STATUSES (a conformance test holds the two together).
 WITH due AS (
     SELECT id FROM payments
-    WHERE status IN ('payment-verified', 'payment-failed')
+    WHERE status IN ('payment-verified', 'payment-failed', 'payment-fulfilling')
         AND next_check_at IS NOT NULL
         AND next_check_at <= %(now)s::timestamptz
         AND (lease_expires_at IS NULL OR lease_expires_at <= %(now)s::timestamptz)
@@ -211,3 +229,16 @@ LIMIT %(limit)s::integer OFFSET %(offset)s::integer;
 
 -- name: count_payments
 SELECT status, count(*) AS n FROM payments GROUP BY status;
+
+-- name: payment_stats
+SELECT status, count(*) AS n, min(created_at) AS oldest FROM payments GROUP BY status;
+
+-- name: set_push_config
+INSERT INTO push_configs (task_id, config, updated_at)
+VALUES (%(task_id)s::text, %(config)s::jsonb, %(now)s::timestamptz)
+ON CONFLICT (task_id) DO UPDATE SET
+    config = EXCLUDED.config,
+    updated_at = EXCLUDED.updated_at;
+
+-- name: get_push_config
+SELECT config FROM push_configs WHERE task_id = %(task_id)s::text;

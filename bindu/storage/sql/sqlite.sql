@@ -61,6 +61,23 @@ CREATE INDEX payments_created ON payments (created_at, id);
 CREATE INDEX payments_due ON payments (next_check_at, id)
     WHERE status IN ('payment-verified', 'payment-failed');
 
+-- migration: 2
+-- Issue 5: the fulfil policy's payment-fulfilling joins the reconciler's candidates, an
+-- operator's refund is kept on the record, gauges read counts per status cheaply, and
+-- A2A push notification configs get a table. Nothing is dropped but an index, rebuilt.
+ALTER TABLE payments ADD COLUMN refund TEXT;
+DROP INDEX payments_due;
+-- As in migration 1: the status list must match claim_due_payments verbatim.
+CREATE INDEX payments_due ON payments (next_check_at, id)
+    WHERE status IN ('payment-verified', 'payment-failed', 'payment-fulfilling');
+-- payment_stats: count and oldest created_at per status from the index alone.
+CREATE INDEX payments_status_created ON payments (status, created_at);
+CREATE TABLE push_configs (
+    task_id TEXT PRIMARY KEY,
+    config TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+
 -- name: insert_task
 INSERT INTO tasks (id, context_id, state, data, created_at, updated_at)
 VALUES (:id, :context_id, :state, :data, :now, :now)
@@ -102,12 +119,12 @@ INSERT INTO payments (
     id, task_id, status, network, asset, pay_to, payer, amount, nonce,
     valid_after, valid_before, payload, requirements, created_at, updated_at,
     settle_tx, error, answers, attempts, next_check_at, lease_owner, lease_expires_at,
-    receipt, verdict_at
+    receipt, verdict_at, refund
 ) VALUES (
     :id, :task_id, :status, :network, :asset, :pay_to, :payer, :amount, :nonce,
     :valid_after, :valid_before, :payload, :requirements, :created_at, :updated_at,
     :settle_tx, :error, :answers, :attempts, :next_check_at, :lease_owner, :lease_expires_at,
-    :receipt, :verdict_at
+    :receipt, :verdict_at, :refund
 )
 ON CONFLICT (network, asset, payer, nonce) DO NOTHING
 RETURNING id;
@@ -144,6 +161,7 @@ UPDATE payments SET
     END,
     receipt = coalesce(:receipt, receipt),
     verdict_at = coalesce(:verdict_at, verdict_at),
+    refund = coalesce(:refund, refund),
     lease_owner = CASE WHEN :release_lease THEN NULL ELSE lease_owner END,
     lease_expires_at = CASE WHEN :release_lease THEN NULL ELSE lease_expires_at END,
     updated_at = :updated_at
@@ -154,12 +172,16 @@ RETURNING *;
 
 -- name: claim_due_payments
 -- Run inside BEGIN IMMEDIATE: the write lock makes select-and-lease one step across
--- processes (SQLite has no SKIP LOCKED). Uses the partial index payments_due.
+-- processes (SQLite has no SKIP LOCKED). INDEXED BY pins the partial index payments_due:
+-- without statistics the planner would rather search payments_status_created and sort
+-- every open record, and a predicate that no longer matches the index is an error here,
+-- not a silent scan. The status list is OPEN_STATUSES (a conformance test holds the two
+-- together).
 UPDATE payments
 SET lease_owner = :owner, lease_expires_at = :lease_expires_at
 WHERE id IN (
-    SELECT id FROM payments
-    WHERE status IN ('payment-verified', 'payment-failed')
+    SELECT id FROM payments INDEXED BY payments_due
+    WHERE status IN ('payment-verified', 'payment-failed', 'payment-fulfilling')
         AND next_check_at IS NOT NULL
         AND next_check_at <= :now
         AND (lease_expires_at IS NULL OR lease_expires_at <= :now)
@@ -177,3 +199,17 @@ LIMIT :limit OFFSET :offset;
 
 -- name: count_payments
 SELECT status, count(*) AS n FROM payments GROUP BY status;
+
+-- name: payment_stats
+-- A covering scan of payments_status_created: the table itself is not read.
+SELECT status, count(*) AS n, min(created_at) AS oldest FROM payments GROUP BY status;
+
+-- name: set_push_config
+INSERT INTO push_configs (task_id, config, updated_at)
+VALUES (:task_id, :config, :now)
+ON CONFLICT (task_id) DO UPDATE SET
+    config = excluded.config,
+    updated_at = excluded.updated_at;
+
+-- name: get_push_config
+SELECT config FROM push_configs WHERE task_id = :task_id;
