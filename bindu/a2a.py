@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 from pydantic.alias_generators import to_camel
 
 
@@ -112,10 +112,28 @@ class Task(WireModel):
         return self.model_copy(update={"status": TaskStatus(state=state, message=message)})
 
 
+class PushAuthentication(WireModel):
+    schemes: list[str] = Field(default_factory=list)
+    credentials: str | None = None
+
+
+class PushNotificationConfig(WireModel):
+    id: str | None = None
+    url: HttpUrl
+    token: str | None = None
+    authentication: PushAuthentication | None = None
+
+
+class TaskPushNotificationConfig(WireModel):
+    task_id: str
+    push_notification_config: PushNotificationConfig
+
+
 class SendConfiguration(WireModel):
     blocking: bool = True
     history_length: int | None = Field(default=None, ge=0)
     accepted_output_modes: list[str] | None = None
+    push_notification_config: PushNotificationConfig | None = None
 
 
 class MessageSendParams(WireModel):

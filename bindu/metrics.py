@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from prometheus_client import Counter, Gauge, Histogram
+
+from bindu.payments.records import PaymentStatus, StatusStats
 
 TASKS = Counter("bindu_tasks_total", "Tasks that reached a final state", ["state"])
 AGENT_RUNS = Counter("bindu_agent_runs_total", "Times the agent was invoked", ["outcome", "paid"])
@@ -25,10 +29,25 @@ PROBE_SECONDS = Histogram(
     "bindu_reconcile_probe_seconds", "Latency of reconciliation probes", ["source"]
 )
 PASS_SECONDS = Histogram("bindu_reconcile_pass_seconds", "Duration of one reconciliation pass")
-OPEN_PAYMENTS = Gauge("bindu_payments_open", "Payments whose outcome is not yet proven", ["status"])
-OLDEST_OPEN_SECONDS = Gauge(
-    "bindu_payments_open_oldest_seconds", "Age of the oldest payment not yet proven"
+PAYMENT_RECORDS = Gauge("bindu_payments", "Payment records by status (at scrape time)", ["status"])
+OLDEST_PAYMENT_SECONDS = Gauge(
+    "bindu_payments_oldest_age_seconds",
+    "Age of the oldest payment record in each status (at scrape time)",
+    ["status"],
 )
 WEBHOOK_FAILURES = Counter(
     "bindu_webhook_failures_total", "Operator webhook deliveries that failed after retries"
 )
+PUSH_DELIVERIES = Counter(
+    "bindu_push_notifications_total", "Push notifications by final outcome", ["outcome"]
+)
+
+
+def record_payment_stats(stats: dict[PaymentStatus, StatusStats], now: datetime) -> None:
+    """Set the per-status gauges from storage's numbers (called on each scrape)."""
+    for status, numbers in stats.items():
+        PAYMENT_RECORDS.labels(status.value).set(numbers.count)
+        oldest = numbers.oldest_created_at
+        OLDEST_PAYMENT_SECONDS.labels(status.value).set(
+            (now - oldest).total_seconds() if oldest else 0.0
+        )

@@ -72,6 +72,10 @@ class ReconciliationSettings(BaseModel):
     lease_seconds: float = Field(default=60.0, gt=0)
     # A payment-verified record older than settle timeout + this margin is presumed abandoned.
     stale_margin_seconds: float = Field(default=30.0, ge=0)
+    # fulfill policy: a fulfilment silent this long is presumed dead (its agent never re-runs).
+    fulfil_timeout_seconds: float = Field(default=600.0, gt=0)
+    # fulfill policy: settle an unused authorization only once it is this old (seconds).
+    collect_after_seconds: float = Field(default=60.0, ge=0)
 
 
 class X402Settings(BaseModel):

@@ -33,9 +33,7 @@ class PaymentStatus(StrEnum):
 
 # Statuses whose outcome is unknown: the reconciler's candidates (a due FULFILLING record is
 # a fulfilment whose process died).
-OPEN_STATUSES = frozenset(
-    {PaymentStatus.VERIFIED, PaymentStatus.FAILED, PaymentStatus.FULFILLING}
-)
+OPEN_STATUSES = frozenset({PaymentStatus.VERIFIED, PaymentStatus.FAILED, PaymentStatus.FULFILLING})
 FINAL_STATUSES = frozenset(
     {
         PaymentStatus.COMPLETED,

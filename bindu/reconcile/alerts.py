@@ -14,6 +14,7 @@ import httpx
 from loguru import logger
 
 from bindu.metrics import WEBHOOK_FAILURES
+from bindu.payments.records import PaymentRecord, Receipt
 
 # Delivery attempts per event and the first retry delay, doubled each time (seconds).
 WEBHOOK_ATTEMPTS = 6
@@ -87,3 +88,29 @@ class Alerts:
         await self.drain(timeout)
         if self._http is not None:
             await self._http.aclose()
+
+
+def payment_event(
+    record: PaymentRecord,
+    verdict: str,
+    reason: str,
+    receipt: Receipt | None,
+    attempts: int | None = None,
+) -> dict[str, Any]:
+    """The JSON an operator receives: what happened to which payment, and the proof."""
+    return {
+        "event": f"payment.{verdict}",
+        "paymentId": record.id,
+        "taskId": record.task_id,
+        "status": record.status.value,
+        "payer": record.payer,
+        "payTo": record.pay_to,
+        "amount": record.amount,
+        "asset": record.asset,
+        "network": record.network,
+        "transaction": receipt.transaction if receipt else record.settle_tx,
+        "blockNumber": receipt.block_number if receipt else None,
+        "reason": reason,
+        "attempts": attempts if attempts is not None else record.attempts,
+        "at": (record.verdict_at or record.updated_at).isoformat(),
+    }

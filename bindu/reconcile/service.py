@@ -26,10 +26,12 @@ from bindu.a2a import Task, TaskState, utcnow
 from bindu.metrics import PASS_SECONDS, PAYMENTS, RECONCILE_ERRORS, VERDICTS
 from bindu.payments.records import PaymentRecord, PaymentStatus, PaymentUpdate
 from bindu.payments.task_meta import with_payment_meta
-from bindu.reconcile.alerts import Alerts
+from bindu.reconcile.alerts import Alerts, payment_event
 from bindu.reconcile.evidence import Corrupt, Evidence, ProbeFailure
+from bindu.reconcile.fulfil import Fulfil, Fulfilment
 from bindu.reconcile.probes import ChainProbe, FacilitatorProbe
 from bindu.reconcile.verdict import Decision, Rules, Verdict, decide
+from bindu.server.push import TaskListener
 from bindu.settings import X402Settings
 from bindu.storage.base import Storage
 
@@ -51,6 +53,10 @@ class Outcome:
     written: bool
 
 
+async def _no_fulfil(task: Task) -> Task:
+    raise RuntimeError("no agent to fulfil with")  # unreachable: policy falls back to record
+
+
 def default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
@@ -66,6 +72,8 @@ class Reconciler:
         facilitator: HTTPFacilitatorClient | None,
         alerts: Alerts | None = None,
         owner: str | None = None,
+        fulfil: Fulfil | None = None,
+        notify: TaskListener | None = None,
     ) -> None:
         self._storage = storage
         self._settings = settings
@@ -76,10 +84,29 @@ class Reconciler:
         )
         self._alerts = alerts or Alerts(self._config.webhook_url)
         self.owner = owner or default_owner()
+        policy = self._config.policy
+        if policy == "fulfill" and fulfil is None:
+            logger.warning("policy fulfill needs the agent; this reconciler only records")
+            policy = "record"
         self.rules = Rules(
-            confirmations=settings.confirmations, max_attempts=self._config.max_attempts
+            confirmations=settings.confirmations,
+            max_attempts=self._config.max_attempts,
+            policy=policy,
+            collect_after_seconds=self._config.collect_after_seconds,
         )
         self._semaphore = asyncio.Semaphore(self._config.concurrency)
+        self._notify: TaskListener = notify or (lambda task: None)
+        self._fulfilment = Fulfilment(
+            storage,
+            fulfil or _no_fulfil,
+            facilitator,
+            owner=self.owner,
+            rules=self.rules,
+            settle_timeout=settings.settle_timeout_seconds,
+            fulfil_timeout=self._config.fulfil_timeout_seconds,
+            alerts=self._alerts,
+            notify=self._notify,
+        )
 
     async def run(self) -> None:
         while True:
@@ -113,10 +140,18 @@ class Reconciler:
         return outcomes
 
     async def _bounded(self, record: PaymentRecord, now: datetime) -> Outcome:
+        if record.status is PaymentStatus.FULFILLING:
+            # Due while fulfilling: the replica that claimed it died or hung.
+            written = await self._fulfilment.abandon(record, now)
+            abandoned = Decision(Verdict.RETRY, "fulfilment interrupted", record.attempts)
+            return Outcome(record.id, record.task_id, abandoned, written)
         async with self._semaphore:
             evidence = await self._probe(record)
         decision = decide(record, evidence, now, self.rules)
-        written = await self._write(record, decision, evidence, now)
+        if decision.verdict in (Verdict.FULFIL, Verdict.COLLECT):
+            written = await self._fulfilment.run(record, decision, now)
+        else:
+            written = await self._write(record, decision, evidence, now)
         return Outcome(record.id, record.task_id, decision, written)
 
     async def _probe(self, record: PaymentRecord) -> Evidence:
@@ -172,7 +207,11 @@ class Reconciler:
             return False
         PAYMENTS.labels(status.value).inc()
         VERDICTS.labels(decision.verdict.value).inc()
-        self._alerts.emit(event(done, decision))
+        self._alerts.emit(
+            payment_event(done, decision.verdict.value, decision.reason, receipt, decision.attempts)
+        )
+        if task is not None:
+            self._notify(task)
         return True
 
     async def _task_after(
@@ -184,7 +223,7 @@ class Reconciler:
         error = None if status is PaymentStatus.ORPHANED else decision.reason
         task = with_payment_meta(task, status, receipt=decision.receipt, error=error)
         if not task.state.terminal:
-            # The server died between verify and settle's answer: the work never ran.
+            # The process died before the work was delivered (mid-settle or mid-fulfilment).
             task = task.with_status(TaskState.FAILED, "server stopped during payment settlement")
         return task
 
@@ -200,23 +239,3 @@ def corruption(record: PaymentRecord) -> str | None:
     except (ValidationError, ValueError, TypeError) as exc:
         return f"{type(exc).__name__}: {exc}"[:300]
     return None
-
-
-def event(record: PaymentRecord, decision: Decision) -> dict[str, Any]:
-    receipt = decision.receipt
-    return {
-        "event": f"payment.{decision.verdict.value}",
-        "paymentId": record.id,
-        "taskId": record.task_id,
-        "status": record.status.value,
-        "payer": record.payer,
-        "payTo": record.pay_to,
-        "amount": record.amount,
-        "asset": record.asset,
-        "network": record.network,
-        "transaction": receipt.transaction if receipt else record.settle_tx,
-        "blockNumber": receipt.block_number if receipt else None,
-        "reason": decision.reason,
-        "attempts": decision.attempts,
-        "at": (record.verdict_at or record.updated_at).isoformat(),
-    }

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Literal
 
 from x402.mechanisms.evm.constants import (
     ERR_AUTHORIZATION_VALUE_MISMATCH,
@@ -43,6 +44,9 @@ class Verdict(StrEnum):
     VOID = "void"
     RETRY = "retry"
     UNRESOLVED = "unresolved"
+    # fulfill policy only:
+    FULFIL = "fulfil"  # proven paid, work never delivered: run the agent now
+    COLLECT = "collect"  # unused and still valid: settle now, then run the agent
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,11 @@ class Rules:
     backoff: tuple[float, ...] = BACKOFF_SECONDS
     # Check again this long after validBefore, when expiry becomes provable (seconds).
     expiry_margin_seconds: float = 2.0
+    policy: Literal["record", "fulfill"] = "record"
+    # fulfill: settle an unused authorization only when it is at least this old (so a lost
+    # broadcast would have been mined by now) and this far from validBefore (seconds).
+    collect_after_seconds: float = 60.0
+    collect_margin_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,11 @@ class Decision:
 def decide(record: PaymentRecord, evidence: Evidence, now: datetime, rules: Rules) -> Decision:
     attempts = record.attempts + 1
     verdict, reason, receipt = _judge(record, evidence, rules)
+    if rules.policy == "fulfill" and not agent_started(record):
+        if verdict is Verdict.ORPHANED:
+            return Decision(Verdict.FULFIL, f"{reason}; delivering the work", attempts, receipt)
+        if verdict is Verdict.RETRY and _collectable(record, evidence, now, rules):
+            return Decision(Verdict.COLLECT, f"{reason}; settling, then delivering", attempts)
     if verdict is Verdict.RETRY:
         if attempts >= rules.max_attempts:
             return Decision(
@@ -75,6 +89,31 @@ def decide(record: PaymentRecord, evidence: Evidence, now: datetime, rules: Rule
             Verdict.RETRY, reason, attempts, next_check_at=next_check(record, attempts, now, rules)
         )
     return Decision(verdict, reason, attempts, receipt=receipt)
+
+
+def agent_started(record: PaymentRecord) -> bool:
+    """Whether a fulfilment ever reached the agent: then it must never run again."""
+    return any(a.get("source") == "fulfil" and a.get("phase") == "agent" for a in record.answers)
+
+
+def canceled_by_client(record: PaymentRecord) -> bool:
+    return any(a.get("source") == "cancel" for a in record.answers)
+
+
+def _collectable(record: PaymentRecord, evidence: Evidence, now: datetime, rules: Rules) -> bool:
+    # Settling late is only right for work the client still wants, for an authorization
+    # that no broadcast of ours can still be carrying, with time left to settle it.
+    if record.settle_tx or canceled_by_client(record):
+        return False
+    if (now - record.created_at).total_seconds() < rules.collect_after_seconds:
+        return False
+    if isinstance(evidence, ChainEvidence):
+        unused, clock = not evidence.used, evidence.latest_time
+    elif isinstance(evidence, VerifyEvidence):
+        unused, clock = evidence.is_valid, int(now.timestamp())
+    else:
+        return False
+    return unused and clock + rules.collect_margin_seconds < record.valid_before
 
 
 def _judge(

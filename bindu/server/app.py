@@ -16,7 +16,7 @@ from starlette.routing import Route
 from bindu import __version__
 from bindu.a2a import MessageSendParams, new_id, utcnow
 from bindu.agent import Agent
-from bindu.metrics import PAYWALL_REFUSALS
+from bindu.metrics import PAYWALL_REFUSALS, record_payment_stats
 from bindu.payments.paywall import Refusal
 from bindu.server import jsonrpc
 from bindu.server.handlers import Handlers, parse_params
@@ -122,7 +122,7 @@ def agent_card(settings: Settings, url: str) -> dict[str, Any]:
         "version": __version__,
         "protocolVersion": "0.3.0",
         "preferredTransport": "JSONRPC",
-        "capabilities": {"streaming": False, "pushNotifications": False},
+        "capabilities": {"streaming": False, "pushNotifications": True},
         "defaultInputModes": ["text/plain"],
         "defaultOutputModes": ["text/plain", "application/json"],
         "skills": [
@@ -186,6 +186,11 @@ def create_app(
         )
 
     async def metrics(request: Request) -> Response:
+        manager: TaskManager = state["manager"]
+        try:
+            record_payment_stats(await manager.storage.payment_stats(), utcnow())
+        except Exception as exc:  # a scrape must still answer while storage is down
+            logger.warning("metrics: payment stats unavailable: {}", exc)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return Starlette(

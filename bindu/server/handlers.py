@@ -13,6 +13,7 @@ from bindu.a2a import (
     Task,
     TaskIdParams,
     TaskListParams,
+    TaskPushNotificationConfig,
     TaskQueryParams,
     TaskState,
     TaskStatus,
@@ -63,6 +64,8 @@ class Handlers:
             "tasks/get": self.tasks_get,
             "tasks/list": self.tasks_list,
             "tasks/cancel": self.tasks_cancel,
+            "tasks/pushNotificationConfig/set": self.push_config_set,
+            "tasks/pushNotificationConfig/get": self.push_config_get,
         }
 
     def new_task(self, params: MessageSendParams, task_id: str) -> Task:
@@ -106,6 +109,9 @@ class Handlers:
             )
             if recorded is None:
                 raise RpcError(INTERNAL_ERROR, "payment record vanished before the task started")
+        push = params.configuration.push_notification_config
+        if push is not None:
+            await self._storage.set_push_config(task.id, push.wire())
         await self._tm.submit(task.id)
         if params.configuration.blocking:
             await self._tm.wait(task.id, self._tm.settings.server.blocking_timeout_seconds)
@@ -150,6 +156,7 @@ class Handlers:
         payment = await self._storage.get_payment_for_task(task.id)
         if payment is None:
             await self._storage.save_task(canceled)
+            self._tm.notify(canceled)
             return render(canceled)
         # Never sent to /settle; whether the authorization is spent elsewhere is for the
         # reconciler to prove (void once it expires unused).
@@ -160,8 +167,31 @@ class Handlers:
         await self._storage.transition_payment(
             payment.id,
             {PaymentStatus.VERIFIED},
-            PaymentUpdate(status=PaymentStatus.FAILED, error=reason, next_check_at=now),
+            PaymentUpdate(
+                status=PaymentStatus.FAILED,
+                error=reason,
+                next_check_at=now,
+                # Marks the work as unwanted: even the fulfill policy must not settle it.
+                answer={"source": "cancel", "at": now.isoformat()},
+            ),
             now=now,
             task=canceled,
         )
+        self._tm.notify(canceled)
         return render(canceled)
+
+    async def push_config_set(self, raw: dict[str, Any]) -> Any:
+        params = parse_params(TaskPushNotificationConfig, raw)
+        if await self._storage.get_task(params.task_id) is None:
+            raise RpcError(TASK_NOT_FOUND, f"Task not found: {params.task_id}")
+        await self._storage.set_push_config(params.task_id, params.push_notification_config.wire())
+        return params.wire()
+
+    async def push_config_get(self, raw: dict[str, Any]) -> Any:
+        params = parse_params(TaskIdParams, raw)
+        if await self._storage.get_task(params.id) is None:
+            raise RpcError(TASK_NOT_FOUND, f"Task not found: {params.id}")
+        config = await self._storage.get_push_config(params.id)
+        if config is None:
+            raise RpcError(TASK_NOT_FOUND, f"No push notification config for task {params.id}")
+        return {"taskId": params.id, "pushNotificationConfig": config}

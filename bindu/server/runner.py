@@ -23,16 +23,53 @@ from bindu.payments.records import (
 )
 from bindu.payments.settle import SettleKind
 from bindu.payments.task_meta import with_payment_meta
+from bindu.server.push import TaskListener
 from bindu.storage.base import Storage
+
+
+class AgentFailed(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+async def deliver(agent: Agent, task: Task, *, paid: bool) -> Task:
+    """Run the agent on the task's history; the task completed with the agent's artifacts."""
+    label = "true" if paid else "false"
+    try:
+        parts = await call_agent(agent, task.history)
+    except Exception as exc:
+        AGENT_RUNS.labels("error", label).inc()
+        reason = f"agent failed: {type(exc).__name__}: {exc}"[:500]
+        logger.warning("agent failed on task {}: {}", task.id, reason)
+        raise AgentFailed(reason) from exc
+    AGENT_RUNS.labels("ok", label).inc()
+    reply = Message(role="agent", parts=parts, task_id=task.id, context_id=task.context_id)
+    return task.model_copy(
+        update={
+            "history": [*task.history, reply],
+            "artifacts": [*task.artifacts, Artifact(name="result", parts=parts)],
+        }
+    ).with_status(TaskState.COMPLETED)
+
+
+def _ignore(task: Task) -> None:
+    return None
 
 
 class TaskRunner:
     def __init__(
-        self, storage: Storage, agent: Agent, paywall: Paywall | None, stale_after: timedelta
+        self,
+        storage: Storage,
+        agent: Agent,
+        paywall: Paywall | None,
+        stale_after: timedelta,
+        notify: TaskListener = _ignore,
     ) -> None:
         self._storage = storage
         self._agent = agent
         self._paywall = paywall
+        self._notify = notify
         # A payment-verified record untouched this long is presumed abandoned (crash).
         self._stale_after = stale_after
 
@@ -42,6 +79,7 @@ class TaskRunner:
             return  # canceled or already taken
         task = task.with_status(TaskState.WORKING)
         await self._storage.save_task(task)
+        self._notify(task)
         payment = await self._storage.get_payment_for_task(task_id)
         if payment is not None:
             settled = await self._settle(task, payment)
@@ -65,10 +103,8 @@ class TaskRunner:
             now=utcnow(),
         )
         if started is None:
+            # The reconciler judged this payment (we looked dead): it owns the task now.
             logger.error("payment {} changed before settlement; not settling", record.id)
-            await self._storage.save_task(
-                task.with_status(TaskState.FAILED, "payment state changed before settlement")
-            )
             return None
         outcome = await self._paywall.settle(payload, requirements)
         now = utcnow()
@@ -95,13 +131,11 @@ class TaskRunner:
                 task=task,
             )
             if done is None:
-                # Someone else (a reconciler that judged us dead) owns this payment now.
+                # A reconciler judged us dead meanwhile: it owns the payment and the task.
                 logger.error("payment {} changed under the worker; not running", record.id)
-                await self._storage.save_task(
-                    task.with_status(TaskState.FAILED, "payment state changed during settlement")
-                )
                 return None
             PAYMENTS.labels(PaymentStatus.COMPLETED.value).inc()
+            self._notify(task)
             logger.info("payment settled: task={} tx={}", task.id, outcome.transaction)
             return task, done
         reason = outcome.reason or "settle failed"
@@ -134,32 +168,23 @@ class TaskRunner:
         )
         PAYMENTS.labels(PaymentStatus.FAILED.value).inc()
         TASKS.labels(TaskState.FAILED.value).inc()
+        self._notify(task)
         logger.warning("payment settle failed: task={} reason={} tx={}", task.id, reason, tx)
 
     async def _execute(self, task: Task, payment: PaymentRecord | None) -> None:
-        paid = "true" if payment is not None else "false"
         try:
-            parts = await call_agent(self._agent, task.history)
-        except Exception as exc:
-            AGENT_RUNS.labels("error", paid).inc()
-            reason = f"agent failed: {type(exc).__name__}: {exc}"[:500]
-            logger.warning("agent failed on task {}: {}", task.id, reason)
-            failed = task.with_status(TaskState.FAILED, reason)
+            done = await deliver(self._agent, task, paid=payment is not None)
+        except AgentFailed as failure:
+            failed = task.with_status(TaskState.FAILED, failure.reason)
             if payment is not None:
-                await self._orphan_after_agent_failure(failed, payment, reason)
+                await self._orphan_after_agent_failure(failed, payment, failure.reason)
             else:
                 await self._storage.save_task(failed)
+                self._notify(failed)
             TASKS.labels(TaskState.FAILED.value).inc()
             return
-        AGENT_RUNS.labels("ok", paid).inc()
-        reply = Message(role="agent", parts=parts, task_id=task.id, context_id=task.context_id)
-        done = task.model_copy(
-            update={
-                "history": [*task.history, reply],
-                "artifacts": [*task.artifacts, Artifact(name="result", parts=parts)],
-            }
-        ).with_status(TaskState.COMPLETED)
         await self._storage.save_task(done)
+        self._notify(done)
         TASKS.labels(TaskState.COMPLETED.value).inc()
 
     async def _orphan_after_agent_failure(
@@ -178,6 +203,7 @@ class TaskRunner:
             task=task,
         )
         PAYMENTS.labels(PaymentStatus.ORPHANED.value).inc()
+        self._notify(task)
         logger.error(
             "payment orphaned: task={} tx={} payer={} amount={} ({})",
             task.id,

@@ -10,11 +10,13 @@ from types import TracebackType
 
 from loguru import logger
 
+from bindu.a2a import Task
 from bindu.agent import Agent
 from bindu.payments.facilitator import make_facilitator_client
 from bindu.payments.paywall import Paywall
 from bindu.reconcile.service import Reconciler
-from bindu.server.runner import TaskRunner
+from bindu.server.push import PushNotifier
+from bindu.server.runner import TaskRunner, deliver
 from bindu.server.services import Service, Supervisor
 from bindu.settings import Settings
 from bindu.storage.base import Storage
@@ -44,6 +46,7 @@ class TaskManager:
         self._workers: list[asyncio.Task[None]] = []
         self.supervisor = Supervisor()
         self.reconciler: Reconciler | None = None
+        self.push: PushNotifier | None = None
 
     @property
     def stale_after(self) -> timedelta:
@@ -54,6 +57,7 @@ class TaskManager:
 
     async def __aenter__(self) -> TaskManager:
         await self.storage.open()
+        self.push = PushNotifier(self.storage)
         x402 = self.settings.x402
         if x402.enabled:
             self.paywall = Paywall(
@@ -62,9 +66,15 @@ class TaskManager:
             await self.paywall.ready()  # a facilitator that is down is retried per request
             if x402.reconciliation.enabled:
                 self.reconciler = Reconciler(
-                    self.storage, x402, facilitator=self.paywall.facilitator
+                    self.storage,
+                    x402,
+                    facilitator=self.paywall.facilitator,
+                    fulfil=self.fulfil,
+                    notify=self.notify,
                 )
-        runner = TaskRunner(self.storage, self.agent, self.paywall, self.stale_after)
+        runner = TaskRunner(
+            self.storage, self.agent, self.paywall, self.stale_after, notify=self.notify
+        )
         self._workers = [
             asyncio.create_task(self._work(runner), name=f"worker:{i}")
             for i in range(self.settings.server.workers)
@@ -104,8 +114,19 @@ class TaskManager:
             await self.reconciler.close()
         if self.paywall is not None:
             await self.paywall.facilitator.aclose()
+        if self.push is not None:
+            await self.push.aclose()
         await self.storage.close()
         logger.info("task manager stopped")
+
+    def notify(self, task: Task) -> None:
+        """Tell the task's push receiver (if any) about its new state; never blocks."""
+        if self.push is not None:
+            self.push.notify(task)
+
+    async def fulfil(self, task: Task) -> Task:
+        """Run the agent for a paid task whose work was never delivered (fulfill policy)."""
+        return await deliver(self.agent, task, paid=True)
 
     @property
     def resource_url(self) -> str:
