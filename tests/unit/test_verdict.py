@@ -210,3 +210,53 @@ def test_never_resolving_payment_is_bounded_by_max_attempts():
         now = d.next_check_at
     assert probes == RULES.max_attempts
     assert d.verdict is Verdict.UNRESOLVED
+
+
+FULFILL = Rules(confirmations=1, max_attempts=5, policy="fulfill", collect_after_seconds=60)
+
+
+def test_fulfill_policy_delivers_a_proven_orphan():
+    d = decide(record(), chain(use=use(block=99)), NOW, FULFILL)
+    assert d.verdict is Verdict.FULFIL
+    assert d.receipt is not None and d.receipt.transaction == TX
+
+
+def test_fulfill_never_twice_after_the_agent_started():
+    started = record(answers=[{"source": "fulfil", "phase": "agent"}])
+    d = decide(started, chain(use=use(block=99)), NOW, FULFILL)
+    assert d.verdict is Verdict.ORPHANED
+
+
+def test_fulfill_collects_an_old_unused_valid_authorization():
+    old = record(created_at=NOW - timedelta(minutes=5))
+    d = decide(old, chain(used=False, latest_time=T), NOW, FULFILL)
+    assert d.verdict is Verdict.COLLECT
+    d = decide(old, VerifyEvidence(True, None), NOW, FULFILL)
+    assert d.verdict is Verdict.COLLECT
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"created_at": NOW - timedelta(seconds=10)},  # a lost broadcast may still land
+        {"settle_tx": TX},  # a known hash may still land: never broadcast twice
+        {"answers": [{"source": "cancel"}]},  # the client no longer wants the work
+        {"valid_before": T + 20},  # too little time left to settle safely
+    ],
+)
+def test_fulfill_does_not_collect_when_unsafe(changes):
+    r = record(created_at=NOW - timedelta(minutes=5)).evolve(**changes)
+    d = decide(r, chain(used=False, latest_time=T), NOW, FULFILL)
+    assert d.verdict is Verdict.RETRY
+
+
+def test_fulfill_does_not_collect_on_probe_failure():
+    old = record(created_at=NOW - timedelta(minutes=5))
+    d = decide(old, ProbeFailure("chain", "down"), NOW, FULFILL)
+    assert d.verdict is Verdict.RETRY
+
+
+def test_record_policy_never_collects():
+    old = record(created_at=NOW - timedelta(minutes=5))
+    d = decide(old, chain(used=False, latest_time=T), NOW, RULES)
+    assert d.verdict is Verdict.RETRY
