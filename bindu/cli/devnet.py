@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import shlex
 import signal
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from bindu.devnet import Devnet
 async def _run(args: argparse.Namespace) -> None:
     async with Devnet() as devnet:
         env = devnet.server_env()
-        lines = [f"{key}={value}" for key, value in env.items()]
+        # Shell-quoted, so `set -a; . ./devnet.env` works (the RPC URLs are JSON).
+        lines = [f"{key}={shlex.quote(value)}" for key, value in env.items()]
         print("# environment for `bindu serve` on this devnet:")
         print("\n".join(lines), flush=True)
         await asyncio.to_thread(_write_files, args, lines, devnet)
@@ -32,13 +34,18 @@ async def _run(args: argparse.Namespace) -> None:
 def _write_files(args: argparse.Namespace, lines: list[str], devnet: Devnet) -> None:
     if args.env_file:
         Path(args.env_file).write_text("\n".join(lines) + "\n", encoding="utf-8")
-    if args.payer_key_file:
-        # A throwaway key made at start-up; written with owner-only permissions, never printed.
-        path = Path(args.payer_key_file)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(devnet.payers[0].key.hex() + "\n")
-        print(f"# payer {devnet.payers[0].address}: key written to {path}")
+    for name, account in (("payer", devnet.payers[0]), ("payee", devnet.payee)):
+        target = getattr(args, f"{name}_key_file")
+        if target:
+            _write_key(Path(target), account.key.hex())
+            print(f"# {name} {account.address}: key written to {target}")
+
+
+def _write_key(path: Path, key: str) -> None:
+    # Throwaway keys made at start-up: owner-only permissions, never printed.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(key + "\n")
 
 
 def devnet(args: argparse.Namespace) -> int:

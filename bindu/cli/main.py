@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from bindu.cli.payments import add_arguments as add_payments_arguments
 from bindu.errors import BinduError
 
 Command = Callable[[argparse.Namespace], int]
@@ -35,6 +36,18 @@ def _reconcile(args: argparse.Namespace) -> int:
     return reconcile(args)
 
 
+def _payments(args: argparse.Namespace) -> int:
+    from bindu.cli.payments import payments
+
+    return payments(args)
+
+
+def _pay(args: argparse.Namespace) -> int:
+    from bindu.cli.pay import pay
+
+    return pay(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bindu", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -50,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--env-file", help="also write the server environment to this file (KEY=VALUE lines)"
     )
     devnet.add_argument(
+        "--payee-key-file",
+        help="write the payee's private key (mode 600), to send refunds by hand",
+    )
+    devnet.add_argument(
         "--payer-key-file",
         help="write a funded payer's private key to this file (mode 600), for paying clients",
     )
@@ -60,6 +77,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--once", action="store_true", required=True, help="run one pass and print the verdicts"
     )
     reconcile.set_defaults(run=_reconcile)
+
+    payments = sub.add_parser(
+        "payments", help="operators: list, show, export payments; mark orphans refunded"
+    )
+    add_payments_arguments(payments)
+    payments.set_defaults(run=_payments)
+
+    pay = sub.add_parser("pay", help="send one paid message/send (x402) and print the task")
+    pay.add_argument("text", help="the message text")
+    pay.add_argument("--url", default="http://127.0.0.1:3773", help="the bindu server")
+    pay.add_argument("--key-file", required=True, help="file holding the payer's private key")
+    pay.add_argument("--no-wait", action="store_true", help="do not wait for the result")
+    pay.set_defaults(run=_pay)
 
     demo = sub.add_parser("demo", help="the paid-task and orphan-recovery story on the devnet")
     demo.add_argument("--storage-url", help="storage for the demo (default: a temporary SQLite)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from loguru import logger
@@ -95,10 +96,18 @@ def _validate(model: type[_ModelT], raw: dict[str, Any], name: str) -> _ModelT:
         raise BadRequest(f"invalid {name}: {fields}") from exc
 
 
+# Sends `amount` atomic token units from the devnet's payee to `to`; returns the tx hash.
+PayeeTransfer = Callable[[str, int], Awaitable[str]]
+
+
 def create_app(
-    facilitator: x402FacilitatorSync, faults: FaultSwitch, stats: FacilitatorStats
+    facilitator: x402FacilitatorSync,
+    faults: FaultSwitch,
+    stats: FacilitatorStats,
+    payee_transfer: PayeeTransfer | None = None,
 ) -> Starlette:
-    """The facilitator's HTTP face: the three protocol endpoints plus fault and stats control."""
+    """The facilitator's HTTP face: the three protocol endpoints plus fault and stats control,
+    and (devnet only) the payee's wallet, so an operator can send a refund by hand."""
 
     async def call(method: str, request: Request) -> dict[str, Any] | Response:
         """The SDK's answer as wire JSON, or the error response to send instead.
@@ -195,6 +204,20 @@ def create_app(
     async def get_stats(request: Request) -> Response:
         return JSONResponse(stats.to_dict())
 
+    async def wallet_transfer(request: Request) -> Response:
+        if payee_transfer is None:
+            return _error(404, "no payee wallet on this facilitator")
+        try:
+            body = await request.json()
+            to, amount = str(body["to"]), int(body["amount"])
+        except (ValueError, KeyError, TypeError):
+            return _error(400, 'body must be {"to": "0x…", "amount": <atomic units>}')
+        if not to.startswith("0x") or len(to) != 42 or amount <= 0:
+            return _error(400, "to must be an address and amount positive")
+        tx = await payee_transfer(to, amount)
+        logger.info("devnet payee sent {} to {}: {}", amount, to, tx)
+        return JSONResponse({"transaction": tx})
+
     async def internal_error(request: Request, exc: Exception) -> Response:
         return _error(500, f"internal error: {type(exc).__name__}")
 
@@ -207,6 +230,7 @@ def create_app(
             Route("/_faults", set_faults, methods=["POST"]),
             Route("/_faults/reset", reset_faults, methods=["POST"]),
             Route("/_stats", get_stats, methods=["GET"]),
+            Route("/_wallet/transfer", wallet_transfer, methods=["POST"]),
         ],
         exception_handlers={Exception: internal_error},
     )
@@ -215,10 +239,12 @@ def create_app(
 class FacilitatorServer:
     """Serves `create_app` with uvicorn on 127.0.0.1 (a free port) as a task of the running loop."""
 
-    def __init__(self, facilitator: x402FacilitatorSync) -> None:
+    def __init__(
+        self, facilitator: x402FacilitatorSync, payee_transfer: PayeeTransfer | None = None
+    ) -> None:
         self.faults = FaultSwitch()
         self.stats = FacilitatorStats()
-        self.app = create_app(facilitator, self.faults, self.stats)
+        self.app = create_app(facilitator, self.faults, self.stats, payee_transfer)
         self.url = ""
         self._stack: contextlib.AsyncExitStack | None = None
 

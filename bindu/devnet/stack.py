@@ -139,7 +139,7 @@ class Devnet:
             network,
             self._confirmation_timeout,
         )
-        self._facilitator = FacilitatorServer(facilitator)
+        self._facilitator = FacilitatorServer(facilitator, self.payee_transfer)
         await self._facilitator.start()
         self._stack.push_async_callback(self._facilitator.stop)
 
@@ -273,6 +273,15 @@ class Devnet:
     async def latest_block_time(self) -> int:
         block = await self.rpc.call("eth_getBlockByNumber", "latest", False)
         return int(block["timestamp"], 16)
+
+    async def payee_transfer(self, to: str, amount: int) -> str:
+        """The payee sends tokens (an operator's refund, by hand); the tx hash once mined."""
+        data = token.call_data(
+            "transfer(address,uint256)", ["address", "uint256"], [to_checksum_address(to), amount]
+        )
+        tx_hash = await self.send_transaction(self.payee, self.info.token_address, data)
+        await self.receipt(tx_hash)
+        return tx_hash
 
     async def send_transaction(
         self, sender: LocalAccount, to: str | None, data: str, *, gas: int | None = None
