@@ -242,6 +242,8 @@ def _compact(value: Any) -> str:
 
 def flatten(value: Any, prefix: str = "") -> list[tuple[str, str]]:
     """(dotted key, text) rows of a JSON value, for a field/value table."""
+    if value is None and not prefix:
+        return [("(none)", "")]
     if isinstance(value, dict) and value:
         rows: list[tuple[str, str]] = []
         for key in sorted(value):
@@ -515,8 +517,8 @@ async def _mark_refunded(
         amount, block = str(check.amount), check.block_number
     else:
         io_.err(
-            f"warning: no X402__RPC_URLS entry for {record.network}: refund {args.tx}"
-            " recorded WITHOUT an on-chain check"
+            f"warning: refund {args.tx} NOT checked on chain"
+            f" (no X402__RPC_URLS entry for {record.network}); recorded as unchecked"
         )
     refund = Refund(
         transaction=args.tx,

@@ -1,0 +1,184 @@
+"""An operator's refund of an orphan payment, checked on chain before it is recorded.
+
+A refund is a transfer of the payment's token from the payee (``payTo``) back to the
+payer. ``judge_refund`` is a pure function of (record, transaction hash, receipt, latest
+block): every refusal is a plain unit test. ``check_refund_on_chain`` fetches the receipt
+with web3 (as the reconciler's chain probe does) and asks it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from eth_utils.crypto import keccak
+from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3.exceptions import TransactionNotFound
+
+from bindu.a2a import Task
+from bindu.payments.records import PaymentRecord, PaymentStatus, Refund
+from bindu.payments.task_meta import with_payment_meta
+
+# Task-metadata key that shows a recorded refund to A2A clients: {transaction, amount}.
+META_REFUND = "x402.payment.refund"
+TRANSFER_TOPIC = "0x" + keccak(text="Transfer(address,address,uint256)").hex()
+
+
+@dataclass(frozen=True)
+class RefundCheck:
+    """The chain's answer about a claimed refund transaction."""
+
+    accepted: bool
+    reason: str  # one line, fit for an operator
+    block_number: int | None = None
+    amount: int | None = None  # the matching Transfer's value, when accepted
+
+
+def _hex(value: Any) -> str:
+    if isinstance(value, bytes | bytearray):
+        return "0x" + bytes(value).hex()
+    text = str(value).lower()
+    return text if text.startswith("0x") else "0x" + text
+
+
+def _int(value: Any) -> int:
+    """A quantity as web3 (int), raw JSON-RPC ("0x1a") or a log's data (bytes) gives it."""
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a quantity")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, bytes | bytearray):
+        return int.from_bytes(bytes(value), "big") if value else 0
+    text = str(value)
+    if text.startswith(("0x", "0X")):
+        return int(text, 16) if len(text) > 2 else 0
+    return int(text)
+
+
+def _topic_address(address: str) -> str:
+    return "0x" + address.lower().removeprefix("0x").rjust(64, "0")
+
+
+def _address_of(topic: str) -> str:
+    return "0x" + topic[-40:]
+
+
+@dataclass(frozen=True)
+class _Transfer:
+    source: str
+    target: str
+    value: int
+
+
+def _token_transfers(asset: str, logs: Sequence[Mapping[str, Any]]) -> list[_Transfer]:
+    """The ERC-20 Transfer events ``asset`` emitted (reorganised-away logs ignored)."""
+    found: list[_Transfer] = []
+    for log in logs:
+        if log.get("removed") or str(log.get("address", "")).lower() != asset.lower():
+            continue
+        topics = [_hex(topic) for topic in log.get("topics", [])]
+        if len(topics) != 3 or topics[0] != TRANSFER_TOPIC:
+            continue
+        found.append(
+            _Transfer(_address_of(topics[1]), _address_of(topics[2]), _int(log.get("data", "0x")))
+        )
+    return found
+
+
+def judge_refund(
+    record: PaymentRecord,
+    tx_hash: str,
+    receipt: Mapping[str, Any] | None,
+    *,
+    latest_block: int | None = None,
+    confirmations: int = 1,
+) -> RefundCheck:
+    """Whether ``receipt`` (of ``tx_hash``) proves a refund of ``record``: mined and
+    successful, with a Transfer log of the record's token moving at least the record's
+    amount from its payTo to its payer, and ``confirmations`` deep when ``latest_block``
+    is known."""
+    tx = tx_hash.lower()
+    paid = record.receipt.transaction if record.receipt else record.settle_tx
+    if paid and paid.lower() == tx:
+        return RefundCheck(False, f"transaction {tx} is the payment itself, not a refund")
+    if receipt is None:
+        return RefundCheck(False, f"transaction {tx} has no receipt on {record.network}")
+    try:
+        status = _int(receipt.get("status"))
+        block = _int(receipt.get("blockNumber"))
+        transfers = _token_transfers(record.asset, receipt.get("logs") or [])
+        owed = int(record.amount)
+    except (TypeError, ValueError) as exc:
+        return RefundCheck(False, f"transaction {tx}: unreadable receipt or record ({exc})")
+    if status != 1:
+        return RefundCheck(False, f"transaction {tx} failed on chain (status {status})")
+    if latest_block is not None:
+        depth = latest_block - block + 1
+        if depth < max(1, confirmations):
+            return RefundCheck(
+                False,
+                f"transaction {tx} has {depth}/{confirmations} confirmations; try again later",
+            )
+    if not transfers:
+        return RefundCheck(False, f"transaction {tx} moves no {record.asset} tokens")
+    payee, payer = record.pay_to.lower(), record.payer.lower()
+    back = [t for t in transfers if t.source == payee and t.target == payer]
+    if not back:
+        first = transfers[0]
+        return RefundCheck(
+            False,
+            f"transaction {tx} moves the token from {first.source} to {first.target},"
+            f" not from payTo {payee} to the payer {payer}",
+        )
+    best = max(back, key=lambda t: t.value)
+    if best.value < owed:
+        return RefundCheck(
+            False, f"transaction {tx} returns {best.value}, less than the payment's {owed}"
+        )
+    return RefundCheck(
+        True,
+        f"transaction {tx} returns {best.value} from payTo to the payer in block {block}",
+        block_number=block,
+        amount=best.value,
+    )
+
+
+async def check_refund_on_chain(
+    rpc_url: str,
+    record: PaymentRecord,
+    tx_hash: str,
+    *,
+    timeout: float = 10.0,
+    confirmations: int = 1,
+) -> RefundCheck:
+    """Fetch ``tx_hash``'s receipt (and the latest block) and judge it; an RPC that fails
+    refuses the refund with its reason (nothing unproven is recorded as checked)."""
+    w3 = AsyncWeb3(
+        AsyncHTTPProvider(
+            rpc_url, request_kwargs={"timeout": timeout}, exception_retry_configuration=None
+        )
+    )
+    try:
+        try:
+            receipt: Mapping[str, Any] | None = await w3.eth.get_transaction_receipt(
+                tx_hash  # type: ignore[arg-type]
+            )
+        except TransactionNotFound:
+            receipt = None
+        latest = int(await w3.eth.block_number) if receipt is not None else None
+    except Exception as exc:
+        reason = f"cannot check {tx_hash} on {record.network}: {type(exc).__name__}: {exc}"
+        return RefundCheck(False, " ".join(reason.split())[:300])
+    finally:
+        await w3.provider.disconnect()
+    return judge_refund(record, tx_hash, receipt, latest_block=latest, confirmations=confirmations)
+
+
+def refunded_task(task: Task, record: PaymentRecord, refund: Refund) -> Task:
+    """``task`` with its metadata showing the refund: status payment-refunded, the original
+    receipt kept, and ``x402.payment.refund`` = {transaction, amount}."""
+    updated = with_payment_meta(task, PaymentStatus.REFUNDED, receipt=record.receipt)
+    metadata = dict(updated.metadata)
+    metadata[META_REFUND] = {"transaction": refund.transaction, "amount": refund.amount}
+    return updated.model_copy(update={"metadata": metadata})
