@@ -74,9 +74,11 @@ class Storage(Protocol):
     async def claim_due_payments(
         self, *, now: datetime, limit: int, owner: str, lease_seconds: float
     ) -> list[PaymentRecord]:
-        """Lease up to ``limit`` open records (payment-verified / payment-failed) whose
-        ``next_check_at`` is due and whose lease is free or expired, oldest due first.
-        Two concurrent callers never receive the same record while its lease holds."""
+        """Lease up to ``limit`` open records (``OPEN_STATUSES``: payment-verified,
+        payment-failed, payment-fulfilling) whose ``next_check_at`` is due and whose lease
+        is free or expired, oldest due first. Two concurrent callers never receive the same
+        record while its lease holds. A final status clears ``next_check_at``; an open one
+        (payment-fulfilling included) keeps it."""
 
     async def list_payments(
         self,
