@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from bindu.devnet import Devnet, FaultSwitch
-from bindu.devnet.token import TRANSFER_TOPIC, address_topic
 from bindu.metrics import AGENT_RUNS
+from bindu.payments.evm_logs import TRANSFER_TOPIC, address_topic
 
 
 @pytest.fixture(scope="session")

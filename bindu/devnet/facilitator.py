@@ -214,7 +214,10 @@ def create_app(
             return _error(400, 'body must be {"to": "0x…", "amount": <atomic units>}')
         if not to.startswith("0x") or len(to) != 42 or amount <= 0:
             return _error(400, "to must be an address and amount positive")
-        tx = await payee_transfer(to, amount)
+        try:
+            tx = await payee_transfer(to, amount)
+        except DevnetError as exc:  # e.g. the payee holds less than the amount
+            return _error(409, str(exc))
         logger.info("devnet payee sent {} to {}: {}", amount, to, tx)
         return JSONResponse({"transaction": tx})
 

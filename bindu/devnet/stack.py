@@ -23,6 +23,12 @@ from bindu.devnet.errors import DevnetError
 from bindu.devnet.facilitator import FacilitatorServer, build_facilitator
 from bindu.devnet.faults import FacilitatorStats, FaultSwitch
 from bindu.devnet.rpc import JsonRpc
+from bindu.payments.evm_logs import (
+    AUTHORIZATION_CANCELED_TOPIC,
+    AUTHORIZATION_USED_TOPIC,
+    TRANSFER_TOPIC,
+    address_topic,
+)
 
 IDLE_BLOCK_SECONDS = 1.0
 CONFIRMATION_TIMEOUT_SECONDS = 3.0
@@ -236,9 +242,7 @@ class Devnet:
 
     async def transfer_logs(self, from_addr: str, to_addr: str) -> list[token.TransferLog]:
         """Every Transfer(from_addr -> to_addr) event of the token, oldest first."""
-        logs = await self._logs(
-            [token.TRANSFER_TOPIC, token.address_topic(from_addr), token.address_topic(to_addr)]
-        )
+        logs = await self._logs([TRANSFER_TOPIC, address_topic(from_addr), address_topic(to_addr)])
         return [token.decode_transfer(log) for log in logs]
 
     async def authorization_logs(
@@ -247,8 +251,8 @@ class Devnet:
         """AuthorizationUsed / AuthorizationCanceled events for (authorizer, nonce)."""
         nonce_topic = "0x" + token.nonce_bytes(nonce).hex()
         topics: list[Any] = [
-            [token.AUTHORIZATION_USED_TOPIC, token.AUTHORIZATION_CANCELED_TOPIC],
-            token.address_topic(authorizer),
+            [AUTHORIZATION_USED_TOPIC, AUTHORIZATION_CANCELED_TOPIC],
+            address_topic(authorizer),
             nonce_topic,
         ]
         return [token.decode_authorization(log) for log in await self._logs(topics)]

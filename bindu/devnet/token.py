@@ -11,18 +11,10 @@ from eth_abi.abi import decode, encode
 from eth_account.signers.local import LocalAccount
 from eth_utils.abi import function_signature_to_4byte_selector
 from eth_utils.address import to_checksum_address
-from eth_utils.crypto import keccak
+
+from bindu.payments.evm_logs import AUTHORIZATION_USED_TOPIC
 
 ARTIFACT_NAME = "EIP3009Token.json"
-
-
-def _topic(signature: str) -> str:
-    return "0x" + keccak(text=signature).hex()
-
-
-TRANSFER_TOPIC = _topic("Transfer(address,address,uint256)")
-AUTHORIZATION_USED_TOPIC = _topic("AuthorizationUsed(address,bytes32)")
-AUTHORIZATION_CANCELED_TOPIC = _topic("AuthorizationCanceled(address,bytes32)")
 
 
 class TransferLog(TypedDict):
@@ -64,10 +56,6 @@ def call_data(signature: str, types: list[str], args: list[Any]) -> str:
 
 def decode_single(abi_type: str, data: str) -> Any:
     return decode([abi_type], bytes.fromhex(data.removeprefix("0x")))[0]
-
-
-def address_topic(address: str) -> str:
-    return "0x" + "00" * 12 + address.lower().removeprefix("0x")
 
 
 def nonce_bytes(nonce: bytes | str) -> bytes:

@@ -16,6 +16,7 @@ META_STATUS = "x402.payment.status"
 META_RECEIPTS = "x402.payment.receipts"
 META_ERROR = "x402.payment.error"
 META_RECOVERED = "x402.payment.recovered"
+META_REFUND = "x402.payment.refund"
 
 
 class PaymentStatus(StrEnum):

@@ -12,17 +12,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from eth_utils.crypto import keccak
 from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.exceptions import TransactionNotFound
 
 from bindu.a2a import Task
-from bindu.payments.records import PaymentRecord, PaymentStatus, Refund
+from bindu.payments.evm_logs import TRANSFER_TOPIC, to_hex, to_int, topic_address
+from bindu.payments.records import META_REFUND, PaymentRecord, PaymentStatus, Refund
 from bindu.payments.task_meta import with_payment_meta
-
-# Task-metadata key that shows a recorded refund to A2A clients: {transaction, amount}.
-META_REFUND = "x402.payment.refund"
-TRANSFER_TOPIC = "0x" + keccak(text="Transfer(address,address,uint256)").hex()
 
 
 @dataclass(frozen=True)
@@ -33,35 +29,6 @@ class RefundCheck:
     reason: str  # one line, fit for an operator
     block_number: int | None = None
     amount: int | None = None  # the matching Transfer's value, when accepted
-
-
-def _hex(value: Any) -> str:
-    if isinstance(value, bytes | bytearray):
-        return "0x" + bytes(value).hex()
-    text = str(value).lower()
-    return text if text.startswith("0x") else "0x" + text
-
-
-def _int(value: Any) -> int:
-    """A quantity as web3 (int), raw JSON-RPC ("0x1a") or a log's data (bytes) gives it."""
-    if isinstance(value, bool):
-        raise ValueError("a boolean is not a quantity")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, bytes | bytearray):
-        return int.from_bytes(bytes(value), "big") if value else 0
-    text = str(value)
-    if text.startswith(("0x", "0X")):
-        return int(text, 16) if len(text) > 2 else 0
-    return int(text)
-
-
-def _topic_address(address: str) -> str:
-    return "0x" + address.lower().removeprefix("0x").rjust(64, "0")
-
-
-def _address_of(topic: str) -> str:
-    return "0x" + topic[-40:]
 
 
 @dataclass(frozen=True)
@@ -77,11 +44,13 @@ def _token_transfers(asset: str, logs: Sequence[Mapping[str, Any]]) -> list[_Tra
     for log in logs:
         if log.get("removed") or str(log.get("address", "")).lower() != asset.lower():
             continue
-        topics = [_hex(topic) for topic in log.get("topics", [])]
+        topics = [to_hex(topic) for topic in log.get("topics", [])]
         if len(topics) != 3 or topics[0] != TRANSFER_TOPIC:
             continue
         found.append(
-            _Transfer(_address_of(topics[1]), _address_of(topics[2]), _int(log.get("data", "0x")))
+            _Transfer(
+                topic_address(topics[1]), topic_address(topics[2]), to_int(log.get("data", "0x"))
+            )
         )
     return found
 
@@ -105,8 +74,8 @@ def judge_refund(
     if receipt is None:
         return RefundCheck(False, f"transaction {tx} has no receipt on {record.network}")
     try:
-        status = _int(receipt.get("status"))
-        block = _int(receipt.get("blockNumber"))
+        status = to_int(receipt.get("status"))
+        block = to_int(receipt.get("blockNumber"))
         transfers = _token_transfers(record.asset, receipt.get("logs") or [])
         owed = int(record.amount)
     except (TypeError, ValueError) as exc:

@@ -10,19 +10,22 @@ import asyncio
 import time
 from typing import Any
 
-from eth_utils.crypto import keccak
 from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.exceptions import TransactionNotFound
 from x402.http import HTTPFacilitatorClient
 from x402.schemas import PaymentPayload, PaymentRequirements
 
 from bindu.metrics import PROBE_SECONDS, RECONCILE_ERRORS
+from bindu.payments.evm_logs import (
+    AUTHORIZATION_CANCELED_TOPIC,
+    AUTHORIZATION_USED_TOPIC,
+    TRANSFER_TOPIC,
+    address_topic,
+    to_hex,
+)
 from bindu.payments.records import PaymentRecord
 from bindu.reconcile.evidence import ChainEvidence, ChainUse, Evidence, ProbeFailure, VerifyEvidence
 
-USED_TOPIC = "0x" + keccak(text="AuthorizationUsed(address,bytes32)").hex()
-CANCELED_TOPIC = "0x" + keccak(text="AuthorizationCanceled(address,bytes32)").hex()
-TRANSFER_TOPIC = "0x" + keccak(text="Transfer(address,address,uint256)").hex()
 AUTHORIZATION_STATE_ABI: list[dict[str, Any]] = [
     {
         "name": "authorizationState",
@@ -37,17 +40,6 @@ AUTHORIZATION_STATE_ABI: list[dict[str, Any]] = [
 ]
 # How far back eth_getLogs looks for the authorization's log when no hash is known (blocks).
 LOG_LOOKBACK_BLOCKS = 50_000
-
-
-def _topic_address(address: str) -> str:
-    return "0x" + address.lower().removeprefix("0x").rjust(64, "0")
-
-
-def _hex(value: Any) -> str:
-    if isinstance(value, bytes | bytearray):
-        return "0x" + bytes(value).hex()
-    text = str(value)
-    return text if text.startswith("0x") else "0x" + text
 
 
 def _field(log: Any, key: str) -> Any:
@@ -122,8 +114,8 @@ class ChainProbe:
                 "fromBlock": max(0, latest - LOG_LOOKBACK_BLOCKS),
                 "toBlock": latest,
                 "topics": [
-                    [USED_TOPIC, CANCELED_TOPIC],
-                    _topic_address(record.payer),
+                    [AUTHORIZATION_USED_TOPIC, AUTHORIZATION_CANCELED_TOPIC],
+                    address_topic(record.payer),
                     record.nonce,
                 ],
             }
@@ -141,33 +133,33 @@ class ChainProbe:
         if int(receipt["status"]) != 1:
             return None
         token = record.asset.lower()
-        payer_topic = _topic_address(record.payer)
+        payer_topic = address_topic(record.payer)
         found: tuple[bool, Any] | None = None
         transfer_ok = False
         for log in receipt["logs"]:
             if str(log["address"]).lower() != token or _field(log, "removed"):
                 continue
-            topics = [_hex(t).lower() for t in log["topics"]]
+            topics = [to_hex(t).lower() for t in log["topics"]]
             if (
                 len(topics) == 3
-                and topics[0] in (USED_TOPIC, CANCELED_TOPIC)
+                and topics[0] in (AUTHORIZATION_USED_TOPIC, AUTHORIZATION_CANCELED_TOPIC)
                 and topics[1] == payer_topic
                 and topics[2] == record.nonce.lower()
             ):
-                found = (topics[0] == CANCELED_TOPIC, log)
+                found = (topics[0] == AUTHORIZATION_CANCELED_TOPIC, log)
             elif (
                 len(topics) == 3
                 and topics[0] == TRANSFER_TOPIC
                 and topics[1] == payer_topic
-                and topics[2] == _topic_address(record.pay_to)
-                and int(_hex(log["data"]), 16) == int(record.amount)
+                and topics[2] == address_topic(record.pay_to)
+                and int(to_hex(log["data"]), 16) == int(record.amount)
             ):
                 transfer_ok = True
         if found is None:
             return None
         canceled, log = found
         return ChainUse(
-            tx_hash=_hex(receipt["transactionHash"]),
+            tx_hash=to_hex(receipt["transactionHash"]),
             block_number=int(receipt["blockNumber"]),
             canceled=canceled,
             transfer_ok=transfer_ok and not canceled,

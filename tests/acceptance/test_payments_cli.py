@@ -27,13 +27,13 @@ from bindu.devnet import Devnet
 from bindu.devnet import token as devnet_token
 from bindu.payments.records import (
     META_RECEIPTS,
+    META_REFUND,
     META_STATUS,
     PaymentRecord,
     PaymentStatus,
     PaymentUpdate,
     Receipt,
 )
-from bindu.payments.refunds import META_REFUND
 from bindu.payments.task_meta import with_payment_meta
 from bindu.storage.sqlite import SqliteStorage
 from tests.support.payments import (

@@ -12,6 +12,7 @@ from bindu.a2a import Task, TaskState, TaskStatus
 from bindu.payments.records import (
     META_ERROR,
     META_RECEIPTS,
+    META_REFUND,
     META_STATUS,
     PaymentRecord,
     PaymentStatus,
@@ -19,7 +20,6 @@ from bindu.payments.records import (
     Refund,
 )
 from bindu.payments.refunds import (
-    META_REFUND,
     TRANSFER_TOPIC,
     check_refund_on_chain,
     judge_refund,
