@@ -133,11 +133,22 @@ class Reconciler:
                 owner=self.owner,
                 lease_seconds=self._config.lease_seconds,
             )
-            outcomes += await asyncio.gather(*(self._bounded(r, at) for r in batch))
+            outcomes += await asyncio.gather(*(self._guarded(r, at) for r in batch))
             if len(batch) < self._config.batch_size:
                 break
         PASS_SECONDS.observe(time.perf_counter() - started)
         return outcomes
+
+    async def _guarded(self, record: PaymentRecord, now: datetime) -> Outcome:
+        # One payment's trouble (say its task row is unreadable) must not sink the batch:
+        # count it; its lease lapses and it is tried again later.
+        try:
+            return await self._bounded(record, now)
+        except Exception as exc:
+            RECONCILE_ERRORS.labels("payment").inc()
+            logger.exception("reconciling payment {} failed", record.id)
+            failed = Decision(Verdict.RETRY, f"error: {type(exc).__name__}", record.attempts)
+            return Outcome(record.id, record.task_id, failed, written=False)
 
     async def _bounded(self, record: PaymentRecord, now: datetime) -> Outcome:
         if record.status is PaymentStatus.FULFILLING:

@@ -233,3 +233,24 @@ async def test_never_resolving_payment_costs_at_most_max_attempts_probes(
     else:
         assert len(rpc_proxy.rpc_calls("eth_call")) == 4
         assert facilitator_proxy.paths("/verify") == 0
+
+
+async def test_one_unreadable_task_does_not_sink_the_batch(devnet, storage, tmp_path):
+    good, _ = await orphan(devnet, storage)
+    bad, _ = await orphan(devnet, storage)
+    with sqlite3.connect(tmp_path / "bindu.db") as db:
+        db.execute("UPDATE tasks SET data = '{oops' WHERE id = ?", (bad.task_id,))
+    settings = settings_for(
+        devnet, rpc=devnet.info.rpc_url, facilitator=devnet.info.facilitator_url
+    )
+    reconciler = reconciler_for(storage, settings)
+    errors_before = errors("payment")
+    try:
+        outcomes = {o.payment_id: o for o in await reconciler.run_pass()}
+    finally:
+        await reconciler.close()
+    assert outcomes[good.id].written and outcomes[good.id].decision.verdict.value == "orphaned"
+    assert not outcomes[bad.id].written
+    assert errors("payment") == errors_before + 1
+    still = await storage.get_payment(bad.id)
+    assert still is not None and still.status is PaymentStatus.FAILED  # nothing lost
