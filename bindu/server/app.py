@@ -12,12 +12,16 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from x402.http.constants import PAYMENT_RESPONSE_HEADER
+from x402.http.utils import encode_payment_response_header
+from x402.schemas import SettleResponse
 
 from bindu import __version__
 from bindu.a2a import MessageSendParams, new_id, utcnow
 from bindu.agent import Agent
 from bindu.metrics import PAYWALL_REFUSALS, record_payment_stats
 from bindu.payments.paywall import Refusal
+from bindu.payments.records import META_ERROR, META_RECEIPTS, META_STATUS, PaymentStatus
 from bindu.server import jsonrpc
 from bindu.server.handlers import Handlers, parse_params
 from bindu.server.jsonrpc import RpcError
@@ -110,7 +114,32 @@ class RpcEndpoint:
         result = await self._handlers.message_send(
             rpc.params, task_id=task_id, admission=admitted, now=now
         )
-        return rpc_response(jsonrpc.result(rpc.id, result))
+        return rpc_response(
+            jsonrpc.result(rpc.id, result),
+            headers=settlement_headers(result, admitted.record.network),
+        )
+
+
+def settlement_headers(task: dict[str, Any], network: str) -> dict[str, str]:
+    """x402's PAYMENT-RESPONSE header once the settle outcome is known (blocking calls)."""
+    meta = task.get("metadata", {})
+    status = meta.get(META_STATUS)
+    if status == PaymentStatus.COMPLETED.value:
+        receipt = meta[META_RECEIPTS][0]
+        answer = SettleResponse(
+            success=True,
+            transaction=receipt["transaction"],
+            network=network,
+            payer=receipt["payer"],
+            amount=receipt["amount"],
+        )
+    elif status == PaymentStatus.FAILED.value:
+        answer = SettleResponse(
+            success=False, error_reason=meta.get(META_ERROR), transaction="", network=network
+        )
+    else:
+        return {}
+    return {PAYMENT_RESPONSE_HEADER: encode_payment_response_header(answer)}
 
 
 def agent_card(settings: Settings, url: str) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from eth_account.signers.local import LocalAccount
+from x402.http.utils import decode_payment_response_header
 
 from bindu.devnet import Devnet, PayingClient
 from bindu.payments.records import PaymentStatus
@@ -99,6 +100,9 @@ async def test_paid_call_completes_with_the_real_transfer(server, devnet, payer)
     assert await devnet.balance_of(info.pay_to) == payee_before + AMOUNT
     # The signed payload is never handed out.
     assert "signature" not in json.dumps(task)
+    # x402's PAYMENT-RESPONSE header carries the settlement, readable by the SDK.
+    settled = decode_payment_response_header(reply.response.headers["PAYMENT-RESPONSE"])
+    assert settled.success and settled.transaction == receipt["transaction"]
 
 
 async def test_replay_is_refused_and_the_agent_ran_once(server, devnet, payer, runs_file):
@@ -246,6 +250,8 @@ async def test_settle_answer_after_the_timeout_reproduces_the_orphan(
     assert task["status"]["state"] == "failed"
     assert task["metadata"]["x402.payment.status"] == "payment-failed"
     assert "settle_timeout" in task["metadata"]["x402.payment.error"]
+    answer = decode_payment_response_header(reply.response.headers["PAYMENT-RESPONSE"])
+    assert not answer.success and "settle_timeout" in (answer.error_reason or "")
     assert agents.count_runs(str(runs_file)) == runs
     # The chain holds the transfer all the same: the silent orphan.
     logs = await devnet.transfer_logs(payer.address, devnet.info.pay_to)
