@@ -28,7 +28,7 @@ from x402.schemas import PaymentPayload, PaymentRequirements, ResourceConfig, Re
 
 from bindu.a2a import new_id
 from bindu.payments.records import PaymentRecord, PaymentStatus
-from bindu.payments.settle import SettleOutcome, settle_with_deadline
+from bindu.payments.settle import SettleOutcome, settle_with_deadline, verify_refusal
 from bindu.settings import X402Settings
 from bindu.storage.base import Storage
 
@@ -170,6 +170,10 @@ class Paywall:
             )
         except Exception as exc:
             await self._storage.release_claim(record.id)
+            refused = verify_refusal(exc)
+            if refused is not None:
+                logger.info("x402 verify refused: payer={} reason={}", record.payer, refused)
+                return Refusal(402, f"payment invalid: {refused}")
             logger.warning("x402 verify unavailable: {}", _short(exc))
             return Refusal(503, "payment facilitator unavailable; nothing was charged")
         if not verified.verify.is_valid:

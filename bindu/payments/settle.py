@@ -52,19 +52,38 @@ def from_response(response: SettleResponse) -> SettleOutcome:
     return SettleOutcome(SettleKind.FAILED, reason, tx, answer)
 
 
-def from_http_error(exc: Exception) -> SettleOutcome:
-    """Read an SDK error for a non-200 reply; keep any hash and reason the body carries."""
-    text = str(exc)
-    match = _HTTP_ERROR.match(text)
+def http_error_body(exc: Exception) -> tuple[int, str, dict[str, Any] | None] | None:
+    """(status, body, JSON object or None) of an SDK error for a non-200 reply, else None."""
+    match = _HTTP_ERROR.match(str(exc))
     if match is None:
-        reason = f"{type(exc).__name__}: {text}"[:300]
-        return SettleOutcome(SettleKind.FAILED, reason, None, {"error": reason})
+        return None
     status, body = int(match.group(1)), match.group(2)
     try:
         doc = json.loads(body)
     except json.JSONDecodeError:
         doc = None
-    if isinstance(doc, dict):
+    return status, body, doc if isinstance(doc, dict) else None
+
+
+def verify_refusal(exc: Exception) -> str | None:
+    """The invalidReason of a /verify refused with a non-200 status (some facilitators
+    answer an invalid payment with HTTP 400 and the usual VerifyResponse body)."""
+    parsed = http_error_body(exc)
+    if parsed is None or parsed[2] is None or parsed[0] >= 500:
+        return None
+    doc = parsed[2]
+    reason = doc.get("invalidReason")
+    return str(reason) if doc.get("isValid") is False and reason else None
+
+
+def from_http_error(exc: Exception) -> SettleOutcome:
+    """Read an SDK error for a non-200 reply; keep any hash and reason the body carries."""
+    parsed = http_error_body(exc)
+    if parsed is None:
+        reason = f"{type(exc).__name__}: {exc}"[:300]
+        return SettleOutcome(SettleKind.FAILED, reason, None, {"error": reason})
+    status, body, doc = parsed
+    if doc is not None:
         tx = _tx(doc.get("transaction"))
         reason = doc.get("errorReason") or doc.get("error") or f"http_{status}"
         answer = {"httpStatus": status, **{k: v for k, v in doc.items() if k != "payload"}}

@@ -24,6 +24,7 @@ from bindu.payments.evm_logs import (
     to_hex,
 )
 from bindu.payments.records import PaymentRecord
+from bindu.payments.settle import verify_refusal
 from bindu.reconcile.evidence import ChainEvidence, ChainUse, Evidence, ProbeFailure, VerifyEvidence
 
 AUTHORIZATION_STATE_ABI: list[dict[str, Any]] = [
@@ -183,6 +184,9 @@ class FacilitatorProbe:
             )
             return VerifyEvidence(answer.is_valid, answer.invalid_reason)
         except Exception as exc:
+            refused = verify_refusal(exc)
+            if refused is not None:  # an answer, only sent with a 4xx status
+                return VerifyEvidence(False, refused)
             RECONCILE_ERRORS.labels("facilitator").inc()
             return ProbeFailure("facilitator", f"{type(exc).__name__}: {exc}"[:300])
         finally:
