@@ -39,8 +39,10 @@ AUTHORIZATION_STATE_ABI: list[dict[str, Any]] = [
         "outputs": [{"name": "", "type": "bool"}],
     }
 ]
-# How far back eth_getLogs looks for the authorization's log when no hash is known (blocks).
+# How far back eth_getLogs looks for the authorization's log when no hash is known, and in
+# windows of what size: public RPC providers cap the range of one query (blocks).
 LOG_LOOKBACK_BLOCKS = 50_000
+LOG_WINDOW_BLOCKS = 2_000
 
 
 def _field(log: Any, key: str) -> Any:
@@ -109,25 +111,31 @@ class ChainProbe:
                 use = self._use_in(record, receipt)
                 if use is not None:
                     return use
-        logs = await w3.eth.get_logs(
-            {
-                "address": w3.to_checksum_address(record.asset),
-                "fromBlock": max(0, latest - LOG_LOOKBACK_BLOCKS),
-                "toBlock": latest,
-                "topics": [
-                    [AUTHORIZATION_USED_TOPIC, AUTHORIZATION_CANCELED_TOPIC],
-                    address_topic(record.payer),
-                    record.nonce,
-                ],
-            }
-        )
-        for log in logs:
-            if _field(log, "removed"):
-                continue  # a log from a block that was reorganised away
-            receipt = await w3.eth.get_transaction_receipt(log["transactionHash"])
-            use = self._use_in(record, receipt)
-            if use is not None:
-                return use
+        # Newest window first: the transfer is almost always recent.
+        floor = max(0, latest - LOG_LOOKBACK_BLOCKS)
+        high = latest
+        while high >= floor:
+            low = max(floor, high - LOG_WINDOW_BLOCKS + 1)
+            logs = await w3.eth.get_logs(
+                {
+                    "address": w3.to_checksum_address(record.asset),
+                    "fromBlock": low,
+                    "toBlock": high,
+                    "topics": [
+                        [AUTHORIZATION_USED_TOPIC, AUTHORIZATION_CANCELED_TOPIC],
+                        address_topic(record.payer),
+                        record.nonce,
+                    ],
+                }
+            )
+            for log in logs:
+                if _field(log, "removed"):
+                    continue  # a log from a block that was reorganised away
+                receipt = await w3.eth.get_transaction_receipt(log["transactionHash"])
+                use = self._use_in(record, receipt)
+                if use is not None:
+                    return use
+            high = low - 1
         return None
 
     def _use_in(self, record: PaymentRecord, receipt: Any) -> ChainUse | None:

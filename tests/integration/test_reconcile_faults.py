@@ -254,3 +254,20 @@ async def test_one_unreadable_task_does_not_sink_the_batch(devnet, storage, tmp_
     assert errors("payment") == errors_before + 1
     still = await storage.get_payment(bad.id)
     assert still is not None and still.status is PaymentStatus.FAILED  # nothing lost
+
+
+async def test_chain_probe_finds_an_old_transfer_in_windows(devnet, storage, rpc_proxy):
+    record, tx = await orphan(devnet, storage)  # no hash known: the log must be searched
+    # Deep in history now (interval 0: chain time must not jump for the other tests).
+    await devnet.rpc.call("anvil_mine", hex(2_500), "0x0")
+    settings = settings_for(devnet, rpc=rpc_proxy.url, facilitator=devnet.info.facilitator_url)
+    reconciler = reconciler_for(storage, settings)
+    try:
+        [outcome] = await reconciler.run_pass()
+    finally:
+        await reconciler.close()
+    assert outcome.decision.verdict.value == "orphaned"
+    assert outcome.decision.receipt is not None and outcome.decision.receipt.transaction == tx
+    windows = [call["params"][0] for call in rpc_proxy.rpc_calls("eth_getLogs")]
+    assert len(windows) == 2
+    assert all(int(w["toBlock"], 16) - int(w["fromBlock"], 16) < 2_000 for w in windows)
