@@ -34,6 +34,8 @@ from bindu.storage.base import Storage
 
 # validBefore must leave the facilitator room to settle (the SDK itself demands 6 s).
 MIN_VALIDITY_LEFT_SECONDS = 6
+# Tolerated difference between the payer's clock and ours when checking validBefore (s).
+CLOCK_SKEW_SECONDS = 60
 
 
 @dataclass(frozen=True)
@@ -210,6 +212,9 @@ class Paywall:
             return "payment invalid: authorization expired"
         if valid_after > now:
             return "payment invalid: authorization not yet valid"
+        # Bounds how long the reconciler may have to wait before "unused" becomes proof.
+        if valid_before > now + requirements.max_timeout_seconds + CLOCK_SKEW_SECONDS:
+            return "payment invalid: authorization valid longer than maxTimeoutSeconds"
         return None
 
     async def settle(

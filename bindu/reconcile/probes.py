@@ -52,7 +52,10 @@ def _field(log: Any, key: str) -> Any:
 class ChainProbe:
     """One shared AsyncWeb3 client per network (from ``X402__RPC_URLS``)."""
 
-    def __init__(self, rpc_urls: dict[str, str], timeout: float) -> None:
+    def __init__(
+        self, rpc_urls: dict[str, str], timeout: float, *, log_window: int = LOG_WINDOW_BLOCKS
+    ) -> None:
+        self._log_window = log_window
         # The timeout bounds each RPC request; the backoff schedule, not the client, retries.
         self._clients = {
             network: AsyncWeb3(
@@ -115,7 +118,7 @@ class ChainProbe:
         floor = max(0, latest - LOG_LOOKBACK_BLOCKS)
         high = latest
         while high >= floor:
-            low = max(floor, high - LOG_WINDOW_BLOCKS + 1)
+            low = max(floor, high - self._log_window + 1)
             logs = await w3.eth.get_logs(
                 {
                     "address": w3.to_checksum_address(record.asset),

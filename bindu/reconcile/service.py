@@ -74,11 +74,12 @@ class Reconciler:
         owner: str | None = None,
         fulfil: Fulfil | None = None,
         notify: TaskListener | None = None,
+        chain: ChainProbe | None = None,
     ) -> None:
         self._storage = storage
         self._settings = settings
         self._config = settings.reconciliation
-        self._chain = ChainProbe(settings.rpc_urls, timeout=settings.rpc_timeout_seconds)
+        self._chain = chain or ChainProbe(settings.rpc_urls, timeout=settings.rpc_timeout_seconds)
         self._facilitator = (
             FacilitatorProbe(facilitator, settings.verify_timeout_seconds) if facilitator else None
         )

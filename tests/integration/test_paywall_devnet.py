@@ -145,6 +145,7 @@ def _tamper_accepted(field: str, value: str):
         (_tamper_authorization("value", "1"), "value does not match"),
         (_tamper_authorization("to", "0x" + "9" * 40), "wrong recipient"),
         (_tamper_authorization("validBefore", "1000"), "expired"),
+        (_tamper_authorization("validBefore", "99999999999"), "longer than maxTimeoutSeconds"),
         (_tamper_authorization("nonce", "0x1234"), "malformed payment"),
         (_tamper_accepted("amount", "1"), "does not match the accepted requirements"),
         (_tamper_accepted("pay_to", "0x" + "9" * 40), "does not match the accepted requirements"),

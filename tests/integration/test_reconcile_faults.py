@@ -19,6 +19,7 @@ from bindu.devnet import Devnet
 from bindu.metrics import RECONCILE_ERRORS
 from bindu.payments.facilitator import make_facilitator_client
 from bindu.payments.records import PaymentStatus
+from bindu.reconcile.probes import ChainProbe
 from bindu.reconcile.service import Reconciler
 from bindu.settings import Settings
 from bindu.storage.base import Storage
@@ -257,11 +258,17 @@ async def test_one_unreadable_task_does_not_sink_the_batch(devnet, storage, tmp_
 
 
 async def test_chain_probe_finds_an_old_transfer_in_windows(devnet, storage, rpc_proxy):
-    record, tx = await orphan(devnet, storage)  # no hash known: the log must be searched
+    _, tx = await orphan(devnet, storage)  # no hash known: the log must be searched
     # Deep in history now (interval 0: chain time must not jump for the other tests).
-    await devnet.rpc.call("anvil_mine", hex(2_500), "0x0")
+    await devnet.rpc.call("anvil_mine", hex(60), "0x0")
     settings = settings_for(devnet, rpc=rpc_proxy.url, facilitator=devnet.info.facilitator_url)
-    reconciler = reconciler_for(storage, settings)
+    chain = ChainProbe(settings.x402.rpc_urls, timeout=10, log_window=50)
+    reconciler = Reconciler(
+        storage,
+        settings.x402,
+        facilitator=make_facilitator_client(settings.x402),
+        chain=chain,
+    )
     try:
         [outcome] = await reconciler.run_pass()
     finally:
@@ -270,4 +277,4 @@ async def test_chain_probe_finds_an_old_transfer_in_windows(devnet, storage, rpc
     assert outcome.decision.receipt is not None and outcome.decision.receipt.transaction == tx
     windows = [call["params"][0] for call in rpc_proxy.rpc_calls("eth_getLogs")]
     assert len(windows) == 2
-    assert all(int(w["toBlock"], 16) - int(w["fromBlock"], 16) < 2_000 for w in windows)
+    assert all(int(w["toBlock"], 16) - int(w["fromBlock"], 16) < 50 for w in windows)
