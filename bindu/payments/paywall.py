@@ -144,24 +144,7 @@ class Paywall:
         problem = self._check_authorization(inner, requirements)
         if problem:
             return Refusal(402, problem)
-        auth = inner.authorization
-        record = PaymentRecord(
-            id=new_id(),
-            task_id=task_id,
-            status=PaymentStatus.CLAIMED,
-            network=requirements.network,
-            asset=requirements.asset.lower(),
-            pay_to=requirements.pay_to.lower(),
-            payer=auth.from_address.lower(),
-            amount=str(auth.value),
-            nonce=auth.nonce.lower(),
-            valid_after=int(auth.valid_after),
-            valid_before=int(auth.valid_before),
-            payload=payload.model_dump(mode="json", by_alias=True, exclude_none=True),
-            requirements=requirements.model_dump(mode="json", by_alias=True, exclude_none=True),
-            created_at=now,
-            updated_at=now,
-        )
+        record = new_record(payload, requirements, task_id, now)
         if not await self._storage.claim_payment(record):
             logger.info("x402 replay refused: payer={} nonce={}", record.payer, record.nonce)
             return Refusal(402, "payment authorization already used (replay)")
@@ -224,6 +207,34 @@ class Paywall:
             self._server.settle_payment(payload, requirements),
             self.settings.settle_timeout_seconds,
         )
+
+
+def new_record(
+    payload: PaymentPayload,
+    requirements: PaymentRequirements,
+    task_id: str,
+    now: datetime,
+) -> PaymentRecord:
+    """The record of a payment about to be verified (status ``claimed``); addresses and
+    nonce lower-cased, so the (network, asset, payer, nonce) key matches however written."""
+    auth = ExactEIP3009Payload.from_dict(payload.payload).authorization
+    return PaymentRecord(
+        id=new_id(),
+        task_id=task_id,
+        status=PaymentStatus.CLAIMED,
+        network=requirements.network,
+        asset=requirements.asset.lower(),
+        pay_to=requirements.pay_to.lower(),
+        payer=auth.from_address.lower(),
+        amount=str(auth.value),
+        nonce=auth.nonce.lower(),
+        valid_after=int(auth.valid_after),
+        valid_before=int(auth.valid_before),
+        payload=payload.model_dump(mode="json", by_alias=True, exclude_none=True),
+        requirements=requirements.model_dump(mode="json", by_alias=True, exclude_none=True),
+        created_at=now,
+        updated_at=now,
+    )
 
 
 def _decode(raw: str) -> PaymentPayload | Refusal:

@@ -6,11 +6,11 @@ from datetime import datetime, timedelta
 
 from eth_account.signers.local import LocalAccount
 from x402.http import FacilitatorConfig, HTTPFacilitatorClient
-from x402.mechanisms.evm.types import ExactEIP3009Payload
 from x402.schemas import PaymentPayload, PaymentRequired, PaymentRequirements, SettleResponse
 
-from bindu.a2a import Message, Task, TaskState, TaskStatus, TextPart, new_id, utcnow
+from bindu.a2a import Message, Task, TaskState, TaskStatus, TextPart, utcnow
 from bindu.devnet import Devnet, PayingClient
+from bindu.payments.paywall import new_record
 from bindu.payments.records import META_STATUS, PaymentRecord, PaymentStatus, PaymentUpdate
 from bindu.storage.base import Storage
 
@@ -58,29 +58,13 @@ async def store_failed_payment(
     """What the worker leaves behind when /settle's answer is lost: task failed,
     payment-failed, due now."""
     now = now or utcnow()
-    auth = ExactEIP3009Payload.from_dict(payload.payload).authorization
     task = Task(
         status=TaskStatus(state=TaskState.FAILED),
         history=[Message(role="user", parts=[TextPart(text="paid work")])],
         metadata={META_STATUS: PaymentStatus.FAILED.value},
     )
-    record = PaymentRecord(
-        id=new_id(),
-        task_id=task.id,
-        status=PaymentStatus.CLAIMED,
-        network=requirements.network,
-        asset=requirements.asset.lower(),
-        pay_to=requirements.pay_to.lower(),
-        payer=auth.from_address.lower(),
-        amount=str(auth.value),
-        nonce=auth.nonce.lower(),
-        valid_after=int(auth.valid_after),
-        valid_before=int(auth.valid_before),
-        payload=payload.model_dump(mode="json", by_alias=True, exclude_none=True),
-        requirements=requirements.model_dump(mode="json", by_alias=True, exclude_none=True),
-        created_at=now - timedelta(seconds=1),
-        updated_at=now - timedelta(seconds=1),
-    )
+    earlier = now - timedelta(seconds=1)
+    record = new_record(payload, requirements, task.id, earlier)
     assert await storage.claim_payment(record)
     stored = await storage.transition_payment(
         record.id,
@@ -89,9 +73,9 @@ async def store_failed_payment(
             status=PaymentStatus.FAILED,
             error="settle_timeout",
             settle_tx=settle_tx,
-            next_check_at=now - timedelta(seconds=1),
+            next_check_at=earlier,
         ),
-        now=now - timedelta(seconds=1),
+        now=earlier,
         task=task,
     )
     assert stored is not None
