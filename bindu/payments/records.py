@@ -156,6 +156,17 @@ class PaymentRecord:
     def evolve(self, **changes: Any) -> PaymentRecord:
         return replace(self, **changes)
 
+    def receipt_for(self, transaction: str, block_number: int | None = None) -> Receipt:
+        """The receipt of this payment once ``transaction`` is known to carry it."""
+        return Receipt(
+            transaction=transaction,
+            network=self.network,
+            payer=self.payer,
+            amount=self.amount,
+            asset=self.asset,
+            block_number=block_number,
+        )
+
 
 @dataclass(frozen=True)
 class PaymentUpdate:

@@ -120,13 +120,7 @@ class Fulfilment:
                 self._settle_timeout,
             )
             if outcome.kind is SettleKind.SETTLED:
-                return Receipt(
-                    transaction=outcome.transaction or "",
-                    network=record.network,
-                    payer=record.payer,
-                    amount=record.amount,
-                    asset=record.asset,
-                )
+                return record.receipt_for(outcome.transaction or "")
             outcome_reason, tx, answer = (
                 outcome.reason or "settle failed",
                 outcome.transaction,

@@ -151,7 +151,7 @@ def _judge_chain(
     if chain.confirmations < max(1, confirmations):
         reason = f"transfer {use.tx_hash} has {chain.confirmations}/{confirmations} confirmations"
         return Verdict.RETRY, reason, None
-    receipt = _receipt(record, use.tx_hash, use.block_number)
+    receipt = record.receipt_for(use.tx_hash, use.block_number)
     return Verdict.ORPHANED, "transfer found on chain", receipt
 
 
@@ -166,7 +166,7 @@ def _judge_verify(
         return (
             Verdict.ORPHANED,
             "facilitator reports the authorization consumed",
-            _receipt(record, tx, None),
+            record.receipt_for(tx),
         )
     if reason in NEVER_EXECUTABLE:
         return Verdict.VOID, f"authorization can never execute: {reason}", None
@@ -179,17 +179,6 @@ def _judge_verify(
             None,
         )
     return Verdict.RETRY, f"facilitator: {reason}", None
-
-
-def _receipt(record: PaymentRecord, tx: str, block: int | None) -> Receipt:
-    return Receipt(
-        transaction=tx,
-        network=record.network,
-        payer=record.payer,
-        amount=record.amount,
-        asset=record.asset,
-        block_number=block,
-    )
 
 
 def next_check(record: PaymentRecord, attempts: int, now: datetime, rules: Rules) -> datetime:

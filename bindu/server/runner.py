@@ -19,7 +19,6 @@ from bindu.payments.records import (
     PaymentRecord,
     PaymentStatus,
     PaymentUpdate,
-    Receipt,
 )
 from bindu.payments.settle import SettleKind
 from bindu.payments.task_meta import with_payment_meta
@@ -109,13 +108,7 @@ class TaskRunner:
         outcome = await self._paywall.settle(payload, requirements)
         now = utcnow()
         if outcome.kind is SettleKind.SETTLED:
-            receipt = Receipt(
-                transaction=outcome.transaction or "",
-                network=record.network,
-                payer=record.payer,
-                amount=record.amount,
-                asset=record.asset,
-            )
+            receipt = record.receipt_for(outcome.transaction or "")
             task = with_payment_meta(task, PaymentStatus.COMPLETED, receipt=receipt)
             done = await self._storage.transition_payment(
                 record.id,
