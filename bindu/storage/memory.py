@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from bindu.a2a import Task, TaskState
+from bindu.a2a import Task
 from bindu.errors import StorageError
 from bindu.payments.records import (
     OPEN_STATUSES,
@@ -23,16 +23,8 @@ from bindu.payments.records import (
     PaymentUpdate,
     StatusStats,
 )
-from bindu.storage.codec import (
-    check_page,
-    checked_push_config,
-    clears_next_check,
-    normalize_payment,
-    normalize_refund,
-    status_counts,
-    utc,
-    utc_opt,
-)
+from bindu.storage.checked import CheckedStorage, DueLease, PaymentPage, TaskPage, Transition
+from bindu.storage.codec import clears_next_check, normalize_refund, status_counts, utc
 
 _UniqueKey = tuple[str, str, str, str]
 
@@ -81,10 +73,9 @@ def _apply(record: PaymentRecord, update: PaymentUpdate, now: datetime) -> Payme
     return record.evolve(**changes)
 
 
-class MemoryStorage:
+class MemoryStorage(CheckedStorage):
     def __init__(self, *, clock: Callable[[], datetime] | None = None) -> None:
-        # The clock stamps created_at/updated_at of tasks; tests inject a deterministic one.
-        self._clock = clock or (lambda: datetime.now(UTC))
+        super().__init__(clock=clock)
         self._lock = asyncio.Lock()
         self._tasks: dict[str, _StoredTask] = {}
         self._payments: dict[str, PaymentRecord] = {}
@@ -108,8 +99,7 @@ class MemoryStorage:
             updated_at=now,
         )
 
-    async def create_task(self, task: Task) -> None:
-        now = utc(self._clock())
+    async def _insert_task(self, task: Task, now: datetime) -> None:
         async with self._lock:
             if task.id in self._tasks:
                 raise StorageError(f"task {task.id} already exists")
@@ -120,40 +110,31 @@ class MemoryStorage:
             stored = self._tasks.get(task_id)
             return None if stored is None else Task.model_validate(copy.deepcopy(stored.data))
 
-    async def save_task(self, task: Task) -> None:
-        now = utc(self._clock())
+    async def _update_task(self, task: Task, now: datetime) -> None:
         async with self._lock:
             stored = self._tasks.get(task.id)
             if stored is None:
                 raise StorageError(f"task {task.id} does not exist")
             self._put_task(task, now, created_at=stored.created_at)
 
-    async def list_tasks(
-        self,
-        *,
-        context_id: str | None = None,
-        state: TaskState | None = None,
-        limit: int = 50,
-        offset: int = 0,
-    ) -> list[Task]:
-        check_page(limit, offset)
+    async def _list_tasks(self, page: TaskPage) -> list[Task]:
         async with self._lock:
             rows = sorted(
                 (
                     (t.created_at, task_id, t)
                     for task_id, t in self._tasks.items()
-                    if (context_id is None or t.context_id == context_id)
-                    and (state is None or t.state == str(state))
+                    if (page.context_id is None or t.context_id == page.context_id)
+                    and (page.state is None or t.state == page.state)
                 ),
                 key=lambda row: (row[0], row[1]),
             )
-            page = rows[offset : offset + limit]
-            return [Task.model_validate(copy.deepcopy(t.data)) for _, _, t in page]
+            chosen = rows[page.offset : page.offset + page.limit]
+            return [Task.model_validate(copy.deepcopy(t.data)) for _, _, t in chosen]
 
     # Payments
 
-    async def claim_payment(self, record: PaymentRecord) -> bool:
-        stored = copy.deepcopy(normalize_payment(record))
+    async def _insert_payment(self, record: PaymentRecord) -> bool:
+        stored = copy.deepcopy(record)
         async with self._lock:
             if stored.id in self._payments:
                 raise StorageError(f"payment {stored.id} already exists")
@@ -183,38 +164,25 @@ class MemoryStorage:
                 return None
             return copy.deepcopy(max(records, key=lambda r: (r.created_at, r.id)))
 
-    async def transition_payment(
-        self,
-        payment_id: str,
-        expected: Collection[PaymentStatus],
-        update: PaymentUpdate,
-        *,
-        now: datetime,
-        lease_owner: str | None = None,
-        task: Task | None = None,
-    ) -> PaymentRecord | None:
-        now = utc(now)
-        update = copy.deepcopy(update)
+    async def _transition(self, t: Transition) -> PaymentRecord | None:
+        now = utc(t.now)
+        update = copy.deepcopy(t.update)
         normalize_refund(update.refund)  # a naive time is refused before anything changes
         async with self._lock:
-            record = self._payments.get(payment_id)
-            if record is None or record.status not in expected:
+            record = self._payments.get(t.payment_id)
+            if record is None or record.status not in t.expected:
                 return None
-            if lease_owner is not None and record.lease_owner != lease_owner:
+            if t.lease_owner is not None and record.lease_owner != t.lease_owner:
                 return None
             updated = _apply(record, update, now)
-            self._payments[payment_id] = updated
-            if task is not None:
-                existing = self._tasks.get(task.id)
-                self._put_task(task, now, created_at=existing.created_at if existing else now)
+            self._payments[t.payment_id] = updated
+            if t.task is not None:
+                existing = self._tasks.get(t.task.id)
+                self._put_task(t.task, now, created_at=existing.created_at if existing else now)
             return copy.deepcopy(updated)
 
-    async def claim_due_payments(
-        self, *, now: datetime, limit: int, owner: str, lease_seconds: float
-    ) -> list[PaymentRecord]:
-        now = utc(now)
-        check_page(limit, 0)
-        expires = now + timedelta(seconds=lease_seconds)
+    async def _lease_due(self, lease: DueLease) -> list[PaymentRecord]:
+        now = lease.now
         async with self._lock:
             due = sorted(
                 (
@@ -226,23 +194,17 @@ class MemoryStorage:
                     and (r.lease_expires_at is None or r.lease_expires_at <= now)
                 ),
                 key=lambda r: (r.next_check_at or now, r.id),
-            )[:limit]
-            leased = [r.evolve(lease_owner=owner, lease_expires_at=expires) for r in due]
+            )[: lease.limit]
+            leased = [
+                r.evolve(lease_owner=lease.owner, lease_expires_at=lease.expires_at) for r in due
+            ]
             for record in leased:
                 self._payments[record.id] = record
             return copy.deepcopy(leased)
 
-    async def list_payments(
-        self,
-        *,
-        statuses: Collection[PaymentStatus] | None = None,
-        created_before: datetime | None = None,
-        limit: int = 100,
-        offset: int = 0,
-    ) -> list[PaymentRecord]:
-        check_page(limit, offset)
-        before = utc_opt(created_before)
-        wanted = None if statuses is None else {str(s) for s in statuses}
+    async def _list_payments(self, page: PaymentPage) -> list[PaymentRecord]:
+        before = page.created_before
+        wanted = None if page.statuses is None else set(page.statuses)
         async with self._lock:
             rows = sorted(
                 (
@@ -253,7 +215,7 @@ class MemoryStorage:
                 ),
                 key=lambda r: (r.created_at, r.id),
             )
-            return copy.deepcopy(rows[offset : offset + limit])
+            return copy.deepcopy(rows[page.offset : page.offset + page.limit])
 
     async def count_payments(self) -> dict[PaymentStatus, int]:
         async with self._lock:
@@ -273,10 +235,9 @@ class MemoryStorage:
 
     # Push notification configs
 
-    async def set_push_config(self, task_id: str, config: dict[str, Any]) -> None:
-        stored = checked_push_config(config)
+    async def _put_push_config(self, task_id: str, config: dict[str, Any]) -> None:
         async with self._lock:
-            self._push_configs[task_id] = stored
+            self._push_configs[task_id] = config
 
     async def get_push_config(self, task_id: str) -> dict[str, Any] | None:
         async with self._lock:

@@ -11,32 +11,18 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Collection, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 from loguru import logger
 
-from bindu.a2a import Task, TaskState
 from bindu.errors import StorageError
-from bindu.payments.records import PaymentRecord, PaymentStatus, PaymentUpdate, StatusStats
-from bindu.storage.codec import (
-    check_page,
-    checked_push_config,
-    decode_payment,
-    decode_push_config,
-    normalize_payment,
-    payment_params,
-    status_counts,
-    status_stats,
-    transition_params,
-    utc,
-    utc_opt,
-)
-from bindu.storage.queries import QueryFile, load_queries
+from bindu.storage.codec import utc
+from bindu.storage.sql_backend import Dialect, Row, SqlStorage
 
 # RETURNING arrived in SQLite 3.35.
 _MIN_SQLITE = (3, 35, 0)
@@ -46,8 +32,6 @@ _PRAGMAS = (
     "PRAGMA synchronous = NORMAL",
     "PRAGMA foreign_keys = ON",
 )
-
-Row = Mapping[str, Any]
 
 
 def encode_time(value: datetime | None) -> str | None:
@@ -94,27 +78,6 @@ def split_statements(script: str) -> list[str]:
     return statements
 
 
-def _decode_payment(row: Row) -> PaymentRecord:
-    return decode_payment(row, load_json=decode_json, load_time=decode_time)
-
-
-def _task_params(task: Task, now: datetime) -> dict[str, Any]:
-    return {
-        "id": task.id,
-        "context_id": task.context_id,
-        "state": str(task.state),
-        "data": encode_json(task.wire()),
-        "now": encode_time(now),
-    }
-
-
-def _decode_task(row: Row) -> Task:
-    try:
-        return Task.model_validate(json.loads(row["data"]))
-    except ValueError as exc:
-        raise StorageError(f"stored task is unreadable: {exc}") from exc
-
-
 async def _rollback(conn: aiosqlite.Connection) -> None:
     # SQLite may already have rolled back on its own (e.g. disk full); then there is
     # nothing to undo and the original error is the one worth reporting.
@@ -123,12 +86,21 @@ async def _rollback(conn: aiosqlite.Connection) -> None:
             await conn.execute("ROLLBACK")
 
 
-class SqliteStorage:
+SQLITE = Dialect(
+    name="sqlite",
+    time=encode_time,
+    json=encode_json,
+    text_list=encode_json,  # unpacked in SQL with json_each
+    load_time=decode_time,
+    load_json=decode_json,
+    load_task=json.loads,
+)
+
+
+class SqliteStorage(SqlStorage[aiosqlite.Connection]):
     def __init__(self, path: str, *, clock: Callable[[], datetime] | None = None) -> None:
+        super().__init__(SQLITE, clock=clock)
         self._path = path
-        # The clock stamps created_at/updated_at of tasks; tests inject a deterministic one.
-        self._clock = clock or (lambda: datetime.now(UTC))
-        self._q: QueryFile = load_queries("sqlite")
         self._conn: aiosqlite.Connection | None = None
         # One connection, one statement or transaction at a time.
         self._lock = asyncio.Lock()
@@ -184,26 +156,16 @@ class SqliteStorage:
             # E.g. a file system without shared memory: still correct, only less concurrent.
             logger.warning("storage: {} stays in journal_mode {}, not WAL", self._path, mode)
 
-    async def _migrate(self) -> None:
-        async with self._write() as conn:
-            await conn.execute(self._q["create_version_table"])
-            applied = {row["version"] for row in await self._fetch(conn, "schema_versions")}
-            known = {m.version for m in self._q.migrations}
-            if applied - known:
-                raise StorageError(
-                    f"{self._path} has schema version {max(applied)}, newer than this bindu"
-                    f" knows ({max(known, default=0)})"
-                )
-            for migration in self._q.migrations:
-                if migration.version in applied:
-                    continue
-                for statement in split_statements(migration.sql):
-                    await conn.execute(statement)
-                await conn.execute(
-                    self._q["record_schema_version"],
-                    {"version": migration.version, "applied_at": encode_time(self._clock())},
-                )
-                logger.info("storage: {} migrated to {}", self._path, migration.version)
+    @property
+    def _where(self) -> str:
+        return self._path
+
+    def _schema_too_new(self, found: int, known: int) -> str:
+        return f"{self._path} has schema version {found}, newer than this bindu knows ({known})"
+
+    async def _run_migration(self, tx: aiosqlite.Connection, script: str) -> None:
+        for statement in split_statements(script):
+            await tx.execute(statement)
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None
@@ -225,7 +187,7 @@ class SqliteStorage:
                 raise StorageError(f"SQLite: {exc}") from exc
 
     @asynccontextmanager
-    async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         """One IMMEDIATE transaction: the write lock is held from the first statement."""
         async with self._lock:
             conn = self._connection()
@@ -242,163 +204,16 @@ class SqliteStorage:
                     raise StorageError(f"SQLite: {exc}") from exc
                 raise
 
-    async def _fetch(
-        self, conn: aiosqlite.Connection, name: str, params: Mapping[str, Any] | None = None
+    async def _one(
+        self, name: str, params: Mapping[str, Any] | None = None, *, write: bool = False
     ) -> list[Row]:
-        rows = await conn.execute_fetchall(self._q[name], params or {})
+        # A write takes the write lock up front (BEGIN IMMEDIATE, see the module doc);
+        # a read needs no transaction of its own.
+        async with self._transaction() if write else self._read() as conn:
+            return await self._rows(conn, name, params)
+
+    async def _rows(
+        self, tx: aiosqlite.Connection, name: str, params: Mapping[str, Any] | None = None
+    ) -> list[Row]:
+        rows = await tx.execute_fetchall(self._q[name], params or {})
         return [dict(zip(row.keys(), row, strict=True)) for row in rows]
-
-    # Tasks
-
-    async def create_task(self, task: Task) -> None:
-        params = _task_params(task, utc(self._clock()))
-        async with self._write() as conn:
-            if not await self._fetch(conn, "insert_task", params):
-                raise StorageError(f"task {task.id} already exists")
-
-    async def get_task(self, task_id: str) -> Task | None:
-        async with self._read() as conn:
-            rows = await self._fetch(conn, "get_task", {"id": task_id})
-        return _decode_task(rows[0]) if rows else None
-
-    async def save_task(self, task: Task) -> None:
-        params = _task_params(task, utc(self._clock()))
-        async with self._write() as conn:
-            if not await self._fetch(conn, "update_task", params):
-                raise StorageError(f"task {task.id} does not exist")
-
-    async def list_tasks(
-        self,
-        *,
-        context_id: str | None = None,
-        state: TaskState | None = None,
-        limit: int = 50,
-        offset: int = 0,
-    ) -> list[Task]:
-        check_page(limit, offset)
-        params = {
-            "context_id": context_id,
-            "state": None if state is None else str(state),
-            "limit": limit,
-            "offset": offset,
-        }
-        # Two statements rather than "(:context_id IS NULL OR ...)" so each can use its index.
-        name = "list_tasks" if context_id is None else "list_tasks_for_context"
-        async with self._read() as conn:
-            rows = await self._fetch(conn, name, params)
-        return [_decode_task(row) for row in rows]
-
-    # Payments
-
-    async def claim_payment(self, record: PaymentRecord) -> bool:
-        params = payment_params(normalize_payment(record), time=encode_time, json=encode_json)
-        async with self._write() as conn:
-            return bool(await self._fetch(conn, "claim_payment", params))
-
-    async def release_claim(self, payment_id: str) -> None:
-        async with self._write() as conn:
-            await conn.execute(self._q["release_claim"], {"id": payment_id})
-
-    async def get_payment(self, payment_id: str) -> PaymentRecord | None:
-        async with self._read() as conn:
-            rows = await self._fetch(conn, "get_payment", {"id": payment_id})
-        return _decode_payment(rows[0]) if rows else None
-
-    async def get_payment_for_task(self, task_id: str) -> PaymentRecord | None:
-        async with self._read() as conn:
-            rows = await self._fetch(conn, "get_payment_for_task", {"task_id": task_id})
-        return _decode_payment(rows[0]) if rows else None
-
-    async def transition_payment(
-        self,
-        payment_id: str,
-        expected: Collection[PaymentStatus],
-        update: PaymentUpdate,
-        *,
-        now: datetime,
-        lease_owner: str | None = None,
-        task: Task | None = None,
-    ) -> PaymentRecord | None:
-        params = transition_params(
-            payment_id,
-            expected,
-            update,
-            now=now,
-            lease_owner=lease_owner,
-            time=encode_time,
-            json=encode_json,
-        )
-        params["expected"] = encode_json(params["expected"])
-        async with self._write() as conn:
-            rows = await self._fetch(conn, "transition_payment", params)
-            if not rows:
-                return None
-            if task is not None:
-                await conn.execute(self._q["upsert_task"], _task_params(task, utc(now)))
-        return _decode_payment(rows[0])
-
-    async def claim_due_payments(
-        self, *, now: datetime, limit: int, owner: str, lease_seconds: float
-    ) -> list[PaymentRecord]:
-        check_page(limit, 0)
-        now = utc(now)
-        params = {
-            "now": encode_time(now),
-            "limit": limit,
-            "owner": owner,
-            "lease_expires_at": encode_time(now + timedelta(seconds=lease_seconds)),
-        }
-        async with self._write() as conn:
-            rows = await self._fetch(conn, "claim_due_payments", params)
-        # RETURNING does not promise an order.
-        records = [_decode_payment(row) for row in rows]
-        return sorted(records, key=lambda r: (r.next_check_at or now, r.id))
-
-    async def list_payments(
-        self,
-        *,
-        statuses: Collection[PaymentStatus] | None = None,
-        created_before: datetime | None = None,
-        limit: int = 100,
-        offset: int = 0,
-    ) -> list[PaymentRecord]:
-        check_page(limit, offset)
-        params = {
-            "statuses": None if statuses is None else encode_json([str(s) for s in statuses]),
-            "created_before": encode_time(utc_opt(created_before)),
-            "limit": limit,
-            "offset": offset,
-        }
-        async with self._read() as conn:
-            rows = await self._fetch(conn, "list_payments", params)
-        return [_decode_payment(row) for row in rows]
-
-    async def count_payments(self) -> dict[PaymentStatus, int]:
-        async with self._read() as conn:
-            rows = await self._fetch(conn, "count_payments")
-        return status_counts([(row["status"], row["n"]) for row in rows])
-
-    async def payment_stats(self) -> dict[PaymentStatus, StatusStats]:
-        async with self._read() as conn:
-            rows = await self._fetch(conn, "payment_stats")
-        return status_stats(
-            [(row["status"], row["n"], row["oldest"]) for row in rows], load_time=decode_time
-        )
-
-    # Push notification configs
-
-    async def set_push_config(self, task_id: str, config: dict[str, Any]) -> None:
-        params = {
-            "task_id": task_id,
-            "config": encode_json(checked_push_config(config)),
-            "now": encode_time(self._clock()),
-        }
-        async with self._write() as conn:
-            await conn.execute(self._q["set_push_config"], params)
-
-    async def get_push_config(self, task_id: str) -> dict[str, Any] | None:
-        async with self._read() as conn:
-            rows = await self._fetch(conn, "get_push_config", {"task_id": task_id})
-        if not rows:
-            return None
-        return decode_push_config(task_id, rows[0]["config"], decode_json)

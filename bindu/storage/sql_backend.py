@@ -1,0 +1,252 @@
+"""Every Storage method of the SQL backends, written once over a few primitives.
+
+SQLite and Postgres run the same named statements (from ``sql/<dialect>.sql``) with the
+same parameters; they differ in how a column holds a time or JSON (``Dialect``), in how a
+statement or a transaction gets a connection, and in what must happen around the
+migrations. A backend supplies those as the abstract methods at the bottom.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from loguru import logger
+
+from bindu.a2a import Task
+from bindu.errors import StorageError
+from bindu.payments.records import PaymentRecord, PaymentStatus, StatusStats
+from bindu.storage.checked import CheckedStorage, DueLease, PaymentPage, TaskPage, Transition
+from bindu.storage.codec import (
+    JsonDecoder,
+    JsonEncoder,
+    TimeDecoder,
+    TimeEncoder,
+    decode_payment,
+    decode_push_config,
+    payment_params,
+    status_counts,
+    status_stats,
+    transition_params,
+)
+from bindu.storage.queries import QueryFile, load_queries
+
+Row = Mapping[str, Any]
+# What a transaction hands its statements: a connection (SQLite) or a cursor (Postgres).
+Handle = TypeVar("Handle")
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """How one SQL dialect's columns and parameters hold values."""
+
+    name: str  # of the query file, sql/<name>.sql
+    time: TimeEncoder
+    json: JsonEncoder
+    text_list: Callable[[list[str]], Any]  # a list parameter (e.g. of statuses)
+    load_time: TimeDecoder
+    load_json: JsonDecoder
+    load_task: JsonDecoder  # the tasks.data column
+
+
+class SqlStorage(CheckedStorage, Generic[Handle]):
+    def __init__(self, dialect: Dialect, *, clock: Callable[[], datetime] | None) -> None:
+        super().__init__(clock=clock)
+        self._dialect = dialect
+        # Looked up at each use, so a test can swap in fewer migrations before open().
+        self._q: QueryFile = load_queries(dialect.name)
+
+    # Schema
+
+    async def _migrate(self) -> None:
+        """Apply the migrations this database lacks, all in one write transaction: openers
+        racing on a fresh database take turns, and a failed migration leaves no trace."""
+        async with self._transaction() as tx:
+            await self._before_migrations(tx)
+            await self._rows(tx, "create_version_table")
+            applied = {row["version"] for row in await self._rows(tx, "schema_versions")}
+            known = {m.version for m in self._q.migrations}
+            if applied - known:
+                raise StorageError(self._schema_too_new(max(applied), max(known, default=0)))
+            for migration in self._q.migrations:
+                if migration.version in applied:
+                    continue
+                await self._run_migration(tx, migration.sql)
+                params = {"version": migration.version, "applied_at": self._time(self._clock())}
+                await self._rows(tx, "record_schema_version", params)
+                logger.info("storage: {} migrated to {}", self._where, migration.version)
+
+    # Values
+
+    def _time(self, value: datetime | None) -> Any:
+        return self._dialect.time(value)
+
+    def _task_params(self, task: Task, now: datetime) -> dict[str, Any]:
+        return {
+            "id": task.id,
+            "context_id": task.context_id,
+            "state": str(task.state),
+            "data": self._dialect.json(task.wire()),
+            "now": self._time(now),
+        }
+
+    def _decode_task(self, row: Row) -> Task:
+        try:
+            return Task.model_validate(self._dialect.load_task(row["data"]))
+        except ValueError as exc:
+            raise StorageError(f"stored task is unreadable: {exc}") from exc
+
+    def _decode_payment(self, row: Row) -> PaymentRecord:
+        d = self._dialect
+        return decode_payment(row, load_json=d.load_json, load_time=d.load_time)
+
+    # Tasks
+
+    async def _insert_task(self, task: Task, now: datetime) -> None:
+        if not await self._one("insert_task", self._task_params(task, now), write=True):
+            raise StorageError(f"task {task.id} already exists")
+
+    async def _update_task(self, task: Task, now: datetime) -> None:
+        if not await self._one("update_task", self._task_params(task, now), write=True):
+            raise StorageError(f"task {task.id} does not exist")
+
+    async def get_task(self, task_id: str) -> Task | None:
+        rows = await self._one("get_task", {"id": task_id})
+        return self._decode_task(rows[0]) if rows else None
+
+    async def _list_tasks(self, page: TaskPage) -> list[Task]:
+        params = {
+            "context_id": page.context_id,
+            "state": page.state,
+            "limit": page.limit,
+            "offset": page.offset,
+        }
+        # Two statements rather than "(context_id IS NULL OR ...)" so each can use its index.
+        name = "list_tasks" if page.context_id is None else "list_tasks_for_context"
+        return [self._decode_task(row) for row in await self._one(name, params)]
+
+    # Payments
+
+    async def _insert_payment(self, record: PaymentRecord) -> bool:
+        params = payment_params(record, time=self._dialect.time, json=self._dialect.json)
+        return bool(await self._one("claim_payment", params, write=True))
+
+    async def release_claim(self, payment_id: str) -> None:
+        await self._one("release_claim", {"id": payment_id}, write=True)
+
+    async def get_payment(self, payment_id: str) -> PaymentRecord | None:
+        rows = await self._one("get_payment", {"id": payment_id})
+        return self._decode_payment(rows[0]) if rows else None
+
+    async def get_payment_for_task(self, task_id: str) -> PaymentRecord | None:
+        rows = await self._one("get_payment_for_task", {"task_id": task_id})
+        return self._decode_payment(rows[0]) if rows else None
+
+    async def _transition(self, t: Transition) -> PaymentRecord | None:
+        d = self._dialect
+        params = transition_params(
+            t.payment_id,
+            t.expected,
+            t.update,
+            now=t.now,
+            lease_owner=t.lease_owner,
+            time=d.time,
+            json=d.json,
+        )
+        params["expected"] = d.text_list(params["expected"])
+        # One transaction: the task is saved only if the compare-and-set won.
+        async with self._transaction() as tx:
+            rows = await self._rows(tx, "transition_payment", params)
+            if not rows:
+                return None
+            if t.task is not None:
+                await self._rows(tx, "upsert_task", self._task_params(t.task, t.now))
+        return self._decode_payment(rows[0])
+
+    async def _lease_due(self, lease: DueLease) -> list[PaymentRecord]:
+        params = {
+            "now": self._time(lease.now),
+            "limit": lease.limit,
+            "owner": lease.owner,
+            "lease_expires_at": self._time(lease.expires_at),
+        }
+        rows = await self._one("claim_due_payments", params, write=True)
+        # RETURNING does not promise an order.
+        records = [self._decode_payment(row) for row in rows]
+        return sorted(records, key=lambda r: (r.next_check_at or lease.now, r.id))
+
+    async def _list_payments(self, page: PaymentPage) -> list[PaymentRecord]:
+        statuses = page.statuses
+        params = {
+            "statuses": None if statuses is None else self._dialect.text_list(statuses),
+            "created_before": self._time(page.created_before),
+            "limit": page.limit,
+            "offset": page.offset,
+        }
+        return [self._decode_payment(row) for row in await self._one("list_payments", params)]
+
+    async def count_payments(self) -> dict[PaymentStatus, int]:
+        rows = await self._one("count_payments")
+        return status_counts([(row["status"], row["n"]) for row in rows])
+
+    async def payment_stats(self) -> dict[PaymentStatus, StatusStats]:
+        rows = await self._one("payment_stats")
+        return status_stats(
+            [(row["status"], row["n"], row["oldest"]) for row in rows],
+            load_time=self._dialect.load_time,
+        )
+
+    # Push notification configs
+
+    async def _put_push_config(self, task_id: str, config: dict[str, Any]) -> None:
+        params = {
+            "task_id": task_id,
+            "config": self._dialect.json(config),
+            "now": self._time(self._clock()),
+        }
+        await self._one("set_push_config", params, write=True)
+
+    async def get_push_config(self, task_id: str) -> dict[str, Any] | None:
+        rows = await self._one("get_push_config", {"task_id": task_id})
+        if not rows:
+            return None
+        return decode_push_config(task_id, rows[0]["config"], self._dialect.load_json)
+
+    # What a backend implements
+
+    @abstractmethod
+    async def _one(
+        self, name: str, params: Mapping[str, Any] | None = None, *, write: bool = False
+    ) -> Sequence[Row]:
+        """Run the named statement on its own and return its rows (none without RETURNING).
+        ``write`` says it may change data, for a backend that must lock for that."""
+
+    @abstractmethod
+    def _transaction(self) -> AbstractAsyncContextManager[Handle]:
+        """One write transaction: committed if the block ends, rolled back if it raises."""
+
+    @abstractmethod
+    async def _rows(
+        self, tx: Handle, name: str, params: Mapping[str, Any] | None = None
+    ) -> Sequence[Row]:
+        """Run the named statement inside ``tx`` and return its rows."""
+
+    @abstractmethod
+    async def _run_migration(self, tx: Handle, script: str) -> None:
+        """Run one migration block (several statements) inside ``tx``."""
+
+    async def _before_migrations(self, tx: Handle) -> None:
+        """Whatever must precede the version table (nothing, unless a backend says so)."""
+
+    @property
+    @abstractmethod
+    def _where(self) -> str:
+        """The database's name in log lines: a file, a schema."""
+
+    @abstractmethod
+    def _schema_too_new(self, found: int, known: int) -> str:
+        """The error when the database is at a newer version than this code knows."""
