@@ -25,20 +25,24 @@ $(STAMP_NPM): package.json package-lock.json
 install: $(STAMP_PY) $(STAMP_NPM)
 
 test: install
-	$(BIN)/ruff check bindu tests
-	$(BIN)/ruff format --check bindu tests
+	$(BIN)/ruff check bindu tests bench
+	$(BIN)/ruff format --check bindu tests bench
 	$(BIN)/mypy bindu
 	$(PY) -m pytest -q
 
 demo: install
 	$(BIN)/bindu demo
 
+# Figures, not timed tests: under 10 minutes on a 2-core machine; see docs/benchmarks.md.
+bench: install
+	$(PY) -m bench.run
+
 lint: install
 	$(BIN)/pre-commit run --all-files
 
 fmt: install
-	$(BIN)/ruff format bindu tests
-	$(BIN)/ruff check --fix bindu tests
+	$(BIN)/ruff format bindu tests bench
+	$(BIN)/ruff check --fix bindu tests bench
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Benchmarks for bindu: figures, not timed tests. ``python -m bench.run [--quick]``."""
