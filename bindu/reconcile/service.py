@@ -9,6 +9,7 @@ compare-and-set on the status, together with the task's metadata.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import time
@@ -96,6 +97,7 @@ class Reconciler:
             collect_after_seconds=self._config.collect_after_seconds,
         )
         self._semaphore = asyncio.Semaphore(self._config.concurrency)
+        self._woken = asyncio.Event()
         self._notify: TaskListener = notify or (lambda task: None)
         self._fulfilment = Fulfilment(
             storage,
@@ -117,7 +119,14 @@ class Reconciler:
                 # Storage down, say: count it, log it, and try again next interval.
                 RECONCILE_ERRORS.labels("pass").inc()
                 logger.exception("reconciliation pass failed")
-            await asyncio.sleep(self._config.interval_seconds)
+            # Sleep one interval, or less when this process just saw a payment fail.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._woken.wait(), self._config.interval_seconds)
+            self._woken.clear()
+
+    def wake(self) -> None:
+        """A payment just failed here: look at it now rather than after the interval."""
+        self._woken.set()
 
     async def close(self) -> None:
         await self._chain.close()

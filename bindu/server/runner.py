@@ -6,6 +6,7 @@ same transaction as the task it describes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 
 from loguru import logger
@@ -64,11 +65,13 @@ class TaskRunner:
         paywall: Paywall | None,
         stale_after: timedelta,
         notify: TaskListener = _ignore,
+        on_unsettled: Callable[[], None] = lambda: None,
     ) -> None:
         self._storage = storage
         self._agent = agent
         self._paywall = paywall
         self._notify = notify
+        self._on_unsettled = on_unsettled  # wakes the reconciler
         # A payment-verified record untouched this long is presumed abandoned (crash).
         self._stale_after = stale_after
 
@@ -162,6 +165,7 @@ class TaskRunner:
         PAYMENTS.labels(PaymentStatus.FAILED.value).inc()
         TASKS.labels(TaskState.FAILED.value).inc()
         self._notify(task)
+        self._on_unsettled()
         logger.warning("payment settle failed: task={} reason={} tx={}", task.id, reason, tx)
 
     async def _execute(self, task: Task, payment: PaymentRecord | None) -> None:

@@ -73,7 +73,12 @@ class TaskManager:
                     notify=self.notify,
                 )
         runner = TaskRunner(
-            self.storage, self.agent, self.paywall, self.stale_after, notify=self.notify
+            self.storage,
+            self.agent,
+            self.paywall,
+            self.stale_after,
+            notify=self.notify,
+            on_unsettled=self.reconciler.wake if self.reconciler else lambda: None,
         )
         self._workers = [
             asyncio.create_task(self._work(runner), name=f"worker:{i}")
