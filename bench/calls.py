@@ -15,8 +15,6 @@ time passes validBefore, when the record becomes payment-void.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import contextlib
 import time
 from datetime import datetime, timedelta
@@ -24,7 +22,7 @@ from typing import Any
 
 from x402.schemas import VerifyResponse
 
-from bench.common import FigureResult, print_result, quiet, signed_payment, write_json
+from bench.common import FigureResult, quiet, run_figure, signed_payment
 from bindu.a2a import Message, Task, TaskState, TaskStatus, TextPart, new_id, utcnow
 from bindu.payments.records import META_STATUS, PaymentRecord, PaymentStatus, PaymentUpdate
 from bindu.reconcile.evidence import ChainEvidence, Evidence
@@ -229,13 +227,7 @@ async def measure(quick: bool = False) -> FigureResult:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--json")
-    args = parser.parse_args()
-    result = asyncio.run(measure(args.quick))
-    print_result(result)
-    write_json(args.json, result)
+    run_figure(__doc__, measure)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ fixtures (a real SDK-signed payload, nonce varied) and bulk loaders for SQLite/P
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -14,7 +15,7 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -415,3 +416,14 @@ async def http_load(
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return Load(time.perf_counter() - started, latencies, failures)
+
+
+def run_figure(description: str | None, measure: Callable[[bool], Awaitable[FigureResult]]) -> None:
+    """The command line of one figure: ``--quick`` and ``--json PATH``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    result = asyncio.run(measure(args.quick))
+    print_result(result)
+    write_json(args.json, result)

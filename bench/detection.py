@@ -23,7 +23,6 @@ Target: p95 from "transfer visible" to payment-orphaned within one interval + 1 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import random
@@ -35,7 +34,7 @@ from typing import Any
 
 from eth_utils.crypto import keccak
 
-from bench.common import FigureResult, percentile, print_result, quiet, write_json
+from bench.common import FigureResult, percentile, quiet, run_figure
 from bindu.devnet import Devnet, PayingClient
 from bindu.devnet.client import parse_payment_required
 from bindu.examples.echo import agent
@@ -304,13 +303,7 @@ async def measure(quick: bool = False) -> FigureResult:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--json")
-    args = parser.parse_args()
-    result = asyncio.run(measure(args.quick))
-    print_result(result)
-    write_json(args.json, result)
+    run_figure(__doc__, measure)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ sizes alike. Three things are timed:
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import concurrent.futures
 import os
@@ -44,11 +43,10 @@ from bench.common import (
     fresh_schema_name,
     median,
     ms,
-    print_result,
     quiet,
+    run_figure,
     signed_payment,
     stamp,
-    write_json,
 )
 from bench.history import Loaded, pg_drop_indexes, pg_finish, pg_history, sqlite_history
 from bindu.a2a import Task, utcnow
@@ -510,13 +508,7 @@ async def measure(quick: bool = False) -> FigureResult:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--json")
-    args = parser.parse_args()
-    result = asyncio.run(measure(args.quick))
-    print_result(result)
-    write_json(args.json, result)
+    run_figure(__doc__, measure)
 
 
 if __name__ == "__main__":

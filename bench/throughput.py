@@ -18,7 +18,6 @@ the agent, and the rest (HTTP, JSON-RPC, the event loop).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -48,10 +47,9 @@ from bench.common import (
     http_load,
     median,
     percentile,
-    print_result,
     quiet,
+    run_figure,
     wait_healthy,
-    write_json,
 )
 from bindu.devnet.client import PayingClient, message_send_params, parse_payment_required
 
@@ -325,13 +323,7 @@ async def measure(quick: bool = False) -> FigureResult:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--json")
-    args = parser.parse_args()
-    result = asyncio.run(measure(args.quick))
-    print_result(result)
-    write_json(args.json, result)
+    run_figure(__doc__, measure)
 
 
 if __name__ == "__main__":

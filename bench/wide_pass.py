@@ -21,7 +21,6 @@ fake facilitator: where the time of the pass goes.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -45,13 +44,12 @@ from bench.common import (
     http_load,
     median,
     peak_rss_mib,
-    print_result,
     quiet,
     reset_peak_rss,
+    run_figure,
     signed_payment,
     stamp,
     vm_status,
-    write_json,
 )
 from bench.history import sqlite_history
 from bindu.a2a import utcnow
@@ -303,13 +301,7 @@ async def measure(quick: bool = False) -> FigureResult:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--json")
-    args = parser.parse_args()
-    result = asyncio.run(measure(args.quick))
-    print_result(result)
-    write_json(args.json, result)
+    run_figure(__doc__, measure)
 
 
 if __name__ == "__main__":
