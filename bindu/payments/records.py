@@ -21,7 +21,10 @@ META_REFUND = "x402.payment.refund"
 
 class PaymentStatus(StrEnum):
     CLAIMED = "claimed"  # internal: nonce reserved, /verify not answered yet; never shown
-    VERIFIED = "payment-verified"
+    VERIFIED = "payment-verified"  # verified; its task waits in the queue
+    SETTLING = "payment-settling"  # internal: a worker sent /settle; shown as payment-verified
+    # internal: settled with a hash, work not delivered yet; shown as payment-completed
+    SETTLED = "payment-settled"
     # fulfill policy: a reconciler is delivering the work (settling and/or running the agent).
     FULFILLING = "payment-fulfilling"
     COMPLETED = "payment-completed"

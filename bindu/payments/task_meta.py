@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from bindu.a2a import Task
+from bindu.payments.lifecycle import public_name
 from bindu.payments.records import META_ERROR, META_RECEIPTS, META_STATUS, PaymentStatus, Receipt
 
 
 def with_payment_meta(
     task: Task, status: PaymentStatus, *, receipt: Receipt | None = None, error: str | None = None
 ) -> Task:
-    """A copy of ``task`` whose metadata shows ``status`` (and the receipt, or the error)."""
+    """A copy of ``task`` whose metadata shows ``status`` by its public name (and the
+    receipt, or the error)."""
     metadata = dict(task.metadata)
-    metadata[META_STATUS] = status.value
+    metadata[META_STATUS] = public_name(status)
     if receipt is not None:
         metadata[META_RECEIPTS] = [receipt.to_json()]
     if error is None:
