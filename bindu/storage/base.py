@@ -5,15 +5,21 @@ backends, unique on (network, asset, payer, nonce) so a replayed authorization i
 across restarts and replicas. Status changes are compare-and-set: a write names the
 statuses it expects to replace and does nothing (returns None) when another writer got
 there first.
+
+A write may carry outbox events (push notifications, operator alerts): they are kept in
+the same transaction, only when the write won, once per event key; a push event only
+while the task has a push config. The outbox service claims them with a lease, in order
+per stream, and marks each delivered, dropped or due again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
 from bindu.a2a import Task, TaskState
+from bindu.payments.events import OutboxEvent, OutboxItem, OutboxStatus
 from bindu.payments.records import PaymentRecord, PaymentStatus, PaymentUpdate, StatusStats
 
 
@@ -25,12 +31,12 @@ class Storage(Protocol):
 
     # Tasks
 
-    async def create_task(self, task: Task) -> None:
+    async def create_task(self, task: Task, *, events: Sequence[OutboxEvent] = ()) -> None:
         """Insert a new task; raises StorageError if the id exists."""
 
     async def get_task(self, task_id: str) -> Task | None: ...
 
-    async def save_task(self, task: Task) -> None:
+    async def save_task(self, task: Task, *, events: Sequence[OutboxEvent] = ()) -> None:
         """Overwrite a task's document (it must exist)."""
 
     async def list_tasks(
@@ -65,11 +71,12 @@ class Storage(Protocol):
         now: datetime,
         lease_owner: str | None = None,
         task: Task | None = None,
+        events: Sequence[OutboxEvent] = (),
     ) -> PaymentRecord | None:
         """Apply ``update`` only if the status is one of ``expected`` (and, when
         ``lease_owner`` is given, the lease is held by that owner). ``task``, when given,
-        is saved (inserted or overwritten) in the same transaction. Returns the new record,
-        or None when the compare-and-set lost."""
+        is saved (inserted or overwritten) in the same transaction, and so are ``events``.
+        Returns the new record, or None when the compare-and-set lost (nothing written)."""
 
     async def claim_due_payments(
         self, *, now: datetime, limit: int, owner: str, lease_seconds: float
@@ -102,3 +109,40 @@ class Storage(Protocol):
         """Insert or replace the task's push notification config."""
 
     async def get_push_config(self, task_id: str) -> dict[str, Any] | None: ...
+
+    # The outbox (events kept by the writes above)
+
+    async def claim_outbox(
+        self, *, now: datetime, limit: int, owner: str, lease_seconds: float
+    ) -> list[OutboxItem]:
+        """Lease up to ``limit`` pending events that are due, each the oldest pending event
+        of its stream (so a stream is delivered strictly in order), lease free or expired,
+        oldest due first."""
+
+    async def finish_outbox(
+        self, seq: int, *, owner: str, now: datetime, status: OutboxStatus, error: str | None
+    ) -> bool:
+        """Mark a leased event delivered or dropped (one attempt more); False if the lease
+        is no longer ``owner``'s."""
+
+    async def retry_outbox(
+        self,
+        seq: int,
+        *,
+        owner: str,
+        next_attempt_at: datetime,
+        error: str | None,
+        attempted: bool = True,
+    ) -> bool:
+        """Release a leased event, due again at ``next_attempt_at`` (one attempt more when
+        ``attempted``; a deferral for a destination in backoff is not one)."""
+
+    async def list_outbox(
+        self,
+        *,
+        task_id: str | None = None,
+        status: OutboxStatus | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[OutboxItem]:
+        """Events in write order, for operators and tests."""

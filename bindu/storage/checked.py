@@ -11,12 +11,14 @@ backend's own.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bindu.a2a import Task, TaskState
+from bindu.errors import StorageError
+from bindu.payments.events import OutboxEvent, OutboxItem, OutboxStatus
 from bindu.payments.records import PaymentRecord, PaymentStatus, PaymentUpdate
 from bindu.storage.codec import check_page, checked_push_config, normalize_payment, utc, utc_opt
 
@@ -57,6 +59,36 @@ class Transition:
     now: datetime
     lease_owner: str | None
     task: Task | None
+    events: tuple[OutboxEvent, ...] = ()
+
+
+@dataclass(frozen=True)
+class OutboxPage:
+    task_id: str | None
+    status: str | None
+    limit: int
+    offset: int
+
+
+def _short(error: str | None) -> str | None:
+    # A receiver's error text is theirs: keep enough to diagnose, never unbounded.
+    return None if error is None else error[:500]
+
+
+def checked_events(events: Sequence[OutboxEvent]) -> tuple[OutboxEvent, ...]:
+    """Events as every backend stores them: known kinds, a key, a JSON body (checked and
+    copied now, before any statement); a key given twice keeps its first event."""
+    kept: dict[str, OutboxEvent] = {}
+    for event in events:
+        if event.kind not in ("push", "webhook"):
+            raise StorageError(f"unknown outbox event kind {event.kind!r}")
+        if not event.key:
+            raise StorageError("an outbox event needs a key")
+        if event.kind == "push" and not event.task_id:
+            raise StorageError(f"push event {event.key} names no task")
+        body = checked_push_config(event.body)  # the same rule: a plain JSON object
+        kept.setdefault(event.key, OutboxEvent(event.kind, event.key, event.task_id, body))
+    return tuple(kept.values())
 
 
 class CheckedStorage(ABC):
@@ -66,11 +98,11 @@ class CheckedStorage(ABC):
 
     # Tasks
 
-    async def create_task(self, task: Task) -> None:
-        await self._insert_task(task, utc(self._clock()))
+    async def create_task(self, task: Task, *, events: Sequence[OutboxEvent] = ()) -> None:
+        await self._insert_task(task, utc(self._clock()), checked_events(events))
 
-    async def save_task(self, task: Task) -> None:
-        await self._update_task(task, utc(self._clock()))
+    async def save_task(self, task: Task, *, events: Sequence[OutboxEvent] = ()) -> None:
+        await self._update_task(task, utc(self._clock()), checked_events(events))
 
     async def list_tasks(
         self,
@@ -98,9 +130,10 @@ class CheckedStorage(ABC):
         now: datetime,
         lease_owner: str | None = None,
         task: Task | None = None,
+        events: Sequence[OutboxEvent] = (),
     ) -> PaymentRecord | None:
         return await self._transition(
-            Transition(payment_id, expected, update, now, lease_owner, task)
+            Transition(payment_id, expected, update, now, lease_owner, task, checked_events(events))
         )
 
     async def claim_due_payments(
@@ -128,14 +161,58 @@ class CheckedStorage(ABC):
     async def set_push_config(self, task_id: str, config: dict[str, Any]) -> None:
         await self._put_push_config(task_id, checked_push_config(config))
 
+    # The outbox
+
+    async def claim_outbox(
+        self, *, now: datetime, limit: int, owner: str, lease_seconds: float
+    ) -> list[OutboxItem]:
+        check_page(limit, 0)
+        now = utc(now)
+        expires_at = now + timedelta(seconds=lease_seconds)
+        return await self._lease_outbox(DueLease(now, limit, owner, expires_at))
+
+    async def finish_outbox(
+        self, seq: int, *, owner: str, now: datetime, status: OutboxStatus, error: str | None
+    ) -> bool:
+        if status is OutboxStatus.PENDING:
+            raise StorageError("finish_outbox needs a final status")
+        return await self._finish_outbox(seq, owner, utc(now), status, _short(error))
+
+    async def retry_outbox(
+        self,
+        seq: int,
+        *,
+        owner: str,
+        next_attempt_at: datetime,
+        error: str | None,
+        attempted: bool = True,
+    ) -> bool:
+        return await self._retry_outbox(seq, owner, utc(next_attempt_at), _short(error), attempted)
+
+    async def list_outbox(
+        self,
+        *,
+        task_id: str | None = None,
+        status: OutboxStatus | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[OutboxItem]:
+        check_page(limit, offset)
+        wanted = None if status is None else str(status)
+        return await self._list_outbox(OutboxPage(task_id, wanted, limit, offset))
+
     # What a backend implements
 
     @abstractmethod
-    async def _insert_task(self, task: Task, now: datetime) -> None:
-        """Raise StorageError if the id exists."""
+    async def _insert_task(
+        self, task: Task, now: datetime, events: tuple[OutboxEvent, ...]
+    ) -> None:
+        """Raise StorageError if the id exists (and keep no event)."""
 
     @abstractmethod
-    async def _update_task(self, task: Task, now: datetime) -> None:
+    async def _update_task(
+        self, task: Task, now: datetime, events: tuple[OutboxEvent, ...]
+    ) -> None:
         """Raise StorageError unless the task exists; created_at is kept."""
 
     @abstractmethod
@@ -157,3 +234,19 @@ class CheckedStorage(ABC):
     @abstractmethod
     async def _put_push_config(self, task_id: str, config: dict[str, Any]) -> None:
         """``config`` is a fresh copy of plain JSON, the caller's no longer."""
+
+    @abstractmethod
+    async def _lease_outbox(self, lease: DueLease) -> list[OutboxItem]: ...
+
+    @abstractmethod
+    async def _finish_outbox(
+        self, seq: int, owner: str, now: datetime, status: OutboxStatus, error: str | None
+    ) -> bool: ...
+
+    @abstractmethod
+    async def _retry_outbox(
+        self, seq: int, owner: str, next_attempt_at: datetime, error: str | None, attempted: bool
+    ) -> bool: ...
+
+    @abstractmethod
+    async def _list_outbox(self, page: OutboxPage) -> list[OutboxItem]: ...

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bindu.errors import StorageError
+from bindu.payments.events import OutboxItem, OutboxStatus
 from bindu.payments.records import (
     FINAL_STATUSES,
     PaymentRecord,
@@ -347,3 +348,34 @@ def status_stats(
         if when is not None and (current is None or when < current):
             oldest[status] = when
     return {status: StatusStats(counts[status], oldest[status]) for status in PaymentStatus}
+
+
+def decode_outbox(
+    row: Mapping[str, Any], *, load_json: JsonDecoder, load_time: TimeDecoder
+) -> OutboxItem:
+    """An outbox row; unlike payment rows these are only ever written by bindu, so an
+    unreadable one is an error, not a value to carry on with."""
+    try:
+        body = load_json(row["body"])
+        if not isinstance(body, dict):
+            raise TypeError(f"body is {type(body).__name__}, not an object")
+        lease = row["lease_expires_at"]
+        finished = row["finished_at"]
+        return OutboxItem(
+            seq=int(row["seq"]),
+            kind=row["kind"],
+            key=row["key"],
+            stream=row["stream"],
+            task_id=row["task_id"],
+            body=body,
+            status=OutboxStatus(row["status"]),
+            attempts=int(row["attempts"]),
+            error=row["error"],
+            created_at=load_time(row["created_at"]),
+            next_attempt_at=load_time(row["next_attempt_at"]),
+            lease_owner=row["lease_owner"],
+            lease_expires_at=None if lease is None else load_time(lease),
+            finished_at=None if finished is None else load_time(finished),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise StorageError(f"outbox event {row.get('seq')} is unreadable: {exc}") from exc

@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from bindu.a2a import Task
 from bindu.errors import StorageError
+from bindu.payments.events import OutboxEvent, OutboxItem, OutboxStatus
 from bindu.payments.records import (
     OPEN_STATUSES,
     PaymentRecord,
@@ -23,7 +24,14 @@ from bindu.payments.records import (
     PaymentUpdate,
     StatusStats,
 )
-from bindu.storage.checked import CheckedStorage, DueLease, PaymentPage, TaskPage, Transition
+from bindu.storage.checked import (
+    CheckedStorage,
+    DueLease,
+    OutboxPage,
+    PaymentPage,
+    TaskPage,
+    Transition,
+)
 from bindu.storage.codec import clears_next_check, normalize_refund, status_counts, utc
 
 _UniqueKey = tuple[str, str, str, str]
@@ -81,6 +89,8 @@ class MemoryStorage(CheckedStorage):
         self._payments: dict[str, PaymentRecord] = {}
         self._by_key: dict[_UniqueKey, str] = {}
         self._push_configs: dict[str, dict[str, Any]] = {}
+        self._outbox: dict[int, OutboxItem] = {}  # by seq, in write order
+        self._outbox_keys: set[str] = set()
 
     async def open(self) -> None:
         """Nothing to connect to; re-opening keeps the data, like the SQL backends."""
@@ -99,23 +109,29 @@ class MemoryStorage(CheckedStorage):
             updated_at=now,
         )
 
-    async def _insert_task(self, task: Task, now: datetime) -> None:
+    async def _insert_task(
+        self, task: Task, now: datetime, events: tuple[OutboxEvent, ...]
+    ) -> None:
         async with self._lock:
             if task.id in self._tasks:
                 raise StorageError(f"task {task.id} already exists")
             self._put_task(task, now, created_at=now)
+            self._add_events(events, now)
 
     async def get_task(self, task_id: str) -> Task | None:
         async with self._lock:
             stored = self._tasks.get(task_id)
             return None if stored is None else Task.model_validate(copy.deepcopy(stored.data))
 
-    async def _update_task(self, task: Task, now: datetime) -> None:
+    async def _update_task(
+        self, task: Task, now: datetime, events: tuple[OutboxEvent, ...]
+    ) -> None:
         async with self._lock:
             stored = self._tasks.get(task.id)
             if stored is None:
                 raise StorageError(f"task {task.id} does not exist")
             self._put_task(task, now, created_at=stored.created_at)
+            self._add_events(events, now)
 
     async def _list_tasks(self, page: TaskPage) -> list[Task]:
         async with self._lock:
@@ -179,6 +195,7 @@ class MemoryStorage(CheckedStorage):
             if t.task is not None:
                 existing = self._tasks.get(t.task.id)
                 self._put_task(t.task, now, created_at=existing.created_at if existing else now)
+            self._add_events(t.events, now)
             return copy.deepcopy(updated)
 
     async def _lease_due(self, lease: DueLease) -> list[PaymentRecord]:
@@ -243,3 +260,102 @@ class MemoryStorage(CheckedStorage):
         async with self._lock:
             stored = self._push_configs.get(task_id)
             return None if stored is None else copy.deepcopy(stored)
+
+    # The outbox
+
+    def _add_events(self, events: tuple[OutboxEvent, ...], now: datetime) -> None:
+        """Called with the lock held, after the write that carries the events won."""
+        for event in events:
+            if event.key in self._outbox_keys:
+                continue
+            if event.kind == "push" and event.task_id not in self._push_configs:
+                continue  # nobody to tell
+            seq = len(self._outbox) + 1
+            self._outbox[seq] = OutboxItem(
+                seq=seq,
+                kind=event.kind,
+                key=event.key,
+                stream=event.stream,
+                task_id=event.task_id,
+                body=copy.deepcopy(event.body),
+                status=OutboxStatus.PENDING,
+                attempts=0,
+                error=None,
+                created_at=now,
+                next_attempt_at=now,
+            )
+            self._outbox_keys.add(event.key)
+
+    async def _lease_outbox(self, lease: DueLease) -> list[OutboxItem]:
+        now = lease.now
+        async with self._lock:
+            heads: dict[str, OutboxItem] = {}
+            for item in self._outbox.values():  # seq order: the first pending is the head
+                if item.status is OutboxStatus.PENDING:
+                    heads.setdefault(item.stream, item)
+            due = sorted(
+                (
+                    i
+                    for i in heads.values()
+                    if i.next_attempt_at <= now
+                    and (i.lease_expires_at is None or i.lease_expires_at <= now)
+                ),
+                key=lambda i: (i.next_attempt_at, i.seq),
+            )[: lease.limit]
+            leased = [
+                replace(i, lease_owner=lease.owner, lease_expires_at=lease.expires_at) for i in due
+            ]
+            for item in leased:
+                self._outbox[item.seq] = item
+            return copy.deepcopy(leased)
+
+    def _leased(self, seq: int, owner: str) -> OutboxItem | None:
+        item = self._outbox.get(seq)
+        if item is None or item.status is not OutboxStatus.PENDING:
+            return None
+        return item if item.lease_owner == owner else None
+
+    async def _finish_outbox(
+        self, seq: int, owner: str, now: datetime, status: OutboxStatus, error: str | None
+    ) -> bool:
+        async with self._lock:
+            item = self._leased(seq, owner)
+            if item is None:
+                return False
+            self._outbox[seq] = replace(
+                item,
+                status=status,
+                error=error,
+                attempts=item.attempts + 1,
+                finished_at=now,
+                lease_owner=None,
+                lease_expires_at=None,
+            )
+            return True
+
+    async def _retry_outbox(
+        self, seq: int, owner: str, next_attempt_at: datetime, error: str | None, attempted: bool
+    ) -> bool:
+        async with self._lock:
+            item = self._leased(seq, owner)
+            if item is None:
+                return False
+            self._outbox[seq] = replace(
+                item,
+                error=error,
+                attempts=item.attempts + (1 if attempted else 0),
+                next_attempt_at=next_attempt_at,
+                lease_owner=None,
+                lease_expires_at=None,
+            )
+            return True
+
+    async def _list_outbox(self, page: OutboxPage) -> list[OutboxItem]:
+        async with self._lock:
+            rows = [
+                i
+                for i in self._outbox.values()
+                if (page.task_id is None or i.task_id == page.task_id)
+                and (page.status is None or i.status == page.status)
+            ]
+            return copy.deepcopy(rows[page.offset : page.offset + page.limit])

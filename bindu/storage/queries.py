@@ -35,7 +35,9 @@ class Migration:
 class QueryFile:
     source: str
     queries: Mapping[str, str]
-    migrations: tuple[Migration, ...]  # ordered by version, 1..n without gaps
+    # Ordered by version. Gaps are allowed: numbers are assigned to features up front, so
+    # one may land before a lower one; a database applies whichever it lacks, in order.
+    migrations: tuple[Migration, ...]
 
     def __getitem__(self, name: str) -> str:
         try:
@@ -83,8 +85,8 @@ def parse_queries(text: str, *, source: str) -> QueryFile:
     flush()
 
     versions = sorted(migrations)
-    if versions != list(range(1, len(versions) + 1)):
-        raise StorageError(f"{source}: migrations must be numbered 1..n, got {versions}")
+    if versions and versions[0] < 1:
+        raise StorageError(f"{source}: migrations are numbered from 1, got {versions}")
     return QueryFile(
         source=source,
         queries=queries,

@@ -19,13 +19,22 @@ from loguru import logger
 
 from bindu.a2a import Task
 from bindu.errors import StorageError
+from bindu.payments.events import OutboxEvent, OutboxItem, OutboxStatus
 from bindu.payments.records import PaymentRecord, PaymentStatus, StatusStats
-from bindu.storage.checked import CheckedStorage, DueLease, PaymentPage, TaskPage, Transition
+from bindu.storage.checked import (
+    CheckedStorage,
+    DueLease,
+    OutboxPage,
+    PaymentPage,
+    TaskPage,
+    Transition,
+)
 from bindu.storage.codec import (
     JsonDecoder,
     JsonEncoder,
     TimeDecoder,
     TimeEncoder,
+    decode_outbox,
     decode_payment,
     decode_push_config,
     payment_params,
@@ -106,13 +115,45 @@ class SqlStorage(CheckedStorage, Generic[Handle]):
 
     # Tasks
 
-    async def _insert_task(self, task: Task, now: datetime) -> None:
-        if not await self._one("insert_task", self._task_params(task, now), write=True):
+    async def _insert_task(
+        self, task: Task, now: datetime, events: tuple[OutboxEvent, ...]
+    ) -> None:
+        if not await self._write_task("insert_task", task, now, events):
             raise StorageError(f"task {task.id} already exists")
 
-    async def _update_task(self, task: Task, now: datetime) -> None:
-        if not await self._one("update_task", self._task_params(task, now), write=True):
+    async def _update_task(
+        self, task: Task, now: datetime, events: tuple[OutboxEvent, ...]
+    ) -> None:
+        if not await self._write_task("update_task", task, now, events):
             raise StorageError(f"task {task.id} does not exist")
+
+    async def _write_task(
+        self, statement: str, task: Task, now: datetime, events: tuple[OutboxEvent, ...]
+    ) -> bool:
+        params = self._task_params(task, now)
+        if not events:
+            return bool(await self._one(statement, params, write=True))
+        async with self._transaction() as tx:
+            if not await self._rows(tx, statement, params):
+                return False
+            await self._insert_events(tx, events, now)
+        return True
+
+    async def _insert_events(
+        self, tx: Handle, events: tuple[OutboxEvent, ...], now: datetime
+    ) -> None:
+        """After the write that carries them (so a task's events take seqs in the order
+        its writers commit: the task or payment row lock is already held)."""
+        for event in events:
+            params = {
+                "key": event.key,
+                "kind": event.kind,
+                "stream": event.stream,
+                "task_id": event.task_id,
+                "body": self._dialect.json(event.body),
+                "now": self._time(now),
+            }
+            await self._rows(tx, "insert_outbox_event", params)
 
     async def get_task(self, task_id: str) -> Task | None:
         rows = await self._one("get_task", {"id": task_id})
@@ -165,6 +206,7 @@ class SqlStorage(CheckedStorage, Generic[Handle]):
                 return None
             if t.task is not None:
                 await self._rows(tx, "upsert_task", self._task_params(t.task, t.now))
+            await self._insert_events(tx, t.events, t.now)
         return self._decode_payment(rows[0])
 
     async def _lease_due(self, lease: DueLease) -> list[PaymentRecord]:
@@ -215,6 +257,56 @@ class SqlStorage(CheckedStorage, Generic[Handle]):
         if not rows:
             return None
         return decode_push_config(task_id, rows[0]["config"], self._dialect.load_json)
+
+    # The outbox
+
+    def _decode_outbox(self, row: Row) -> OutboxItem:
+        d = self._dialect
+        return decode_outbox(row, load_json=d.load_json, load_time=d.load_time)
+
+    async def _lease_outbox(self, lease: DueLease) -> list[OutboxItem]:
+        params = {
+            "now": self._time(lease.now),
+            "limit": lease.limit,
+            "owner": lease.owner,
+            "lease_expires_at": self._time(lease.expires_at),
+        }
+        rows = await self._one("claim_outbox", params, write=True)
+        items = [self._decode_outbox(row) for row in rows]
+        return sorted(items, key=lambda i: (i.next_attempt_at, i.seq))
+
+    async def _finish_outbox(
+        self, seq: int, owner: str, now: datetime, status: OutboxStatus, error: str | None
+    ) -> bool:
+        params = {
+            "seq": seq,
+            "owner": owner,
+            "now": self._time(now),
+            "status": str(status),
+            "error": error,
+        }
+        return bool(await self._one("finish_outbox", params, write=True))
+
+    async def _retry_outbox(
+        self, seq: int, owner: str, next_attempt_at: datetime, error: str | None, attempted: bool
+    ) -> bool:
+        params = {
+            "seq": seq,
+            "owner": owner,
+            "next_attempt_at": self._time(next_attempt_at),
+            "error": error,
+            "counted": 1 if attempted else 0,
+        }
+        return bool(await self._one("retry_outbox", params, write=True))
+
+    async def _list_outbox(self, page: OutboxPage) -> list[OutboxItem]:
+        params = {
+            "task_id": page.task_id,
+            "status": page.status,
+            "limit": page.limit,
+            "offset": page.offset,
+        }
+        return [self._decode_outbox(row) for row in await self._one("list_outbox", params)]
 
     # What a backend implements
 

@@ -37,12 +37,18 @@ def test_parse_named_blocks_and_ordered_migrations() -> None:
         parsed["third"]
 
 
+def test_migration_numbers_may_leave_gaps_and_come_in_any_order() -> None:
+    # Numbers are assigned to features up front; a later one may land first.
+    parsed = parse_queries("-- migration: 6\nSELECT 6;\n-- migration: 1\nSELECT 1;", source="t.sql")
+    assert [(m.version, m.sql) for m in parsed.migrations] == [(1, "SELECT 1;"), (6, "SELECT 6;")]
+
+
 @pytest.mark.parametrize(
     ("text", "error"),
     [
         ("-- name: a\nSELECT 1;\n-- name: a\nSELECT 2;", "defined twice"),
         ("-- migration: 1\nSELECT 1;\n-- migration: 1\nSELECT 2;", "defined twice"),
-        ("-- migration: 1\nSELECT 1;\n-- migration: 3\nSELECT 2;", "numbered 1..n"),
+        ("-- migration: 0\nSELECT 1;", "numbered from 1"),
         ("-- migration: one\nSELECT 1;", "not a number"),
         ("SELECT 0;\n-- name: a\nSELECT 1;", "before the first"),
         ("-- name: a\n\n-- name: b\nSELECT 1;", "empty"),
@@ -55,7 +61,8 @@ def test_parse_rejects_malformed_files(text: str, error: str) -> None:
 
 def test_shipped_dialects_define_the_same_statements() -> None:
     sqlite, postgres = load_queries("sqlite"), load_queries("postgres")
-    assert len(sqlite.migrations) == len(postgres.migrations) >= 1
+    versions = [m.version for m in sqlite.migrations]
+    assert versions == [m.version for m in postgres.migrations] and versions
     # Postgres has a few extra statements for its schema handling.
     extra = {"set_search_path", "set_utc", "migration_lock", "schema_exists", "create_schema"}
     assert set(postgres.queries) - extra == set(sqlite.queries)

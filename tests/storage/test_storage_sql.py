@@ -222,6 +222,7 @@ async def test_postgres_tables_live_in_the_schema(sql_backend: Backend) -> None:
     )
     assert [row["table_name"] for row in rows] == [
         "bindu_schema_version",
+        "outbox",
         "payments",
         "push_configs",
         "tasks",

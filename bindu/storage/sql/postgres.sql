@@ -96,6 +96,30 @@ CREATE TABLE push_configs (
     updated_at timestamptz NOT NULL
 );
 
+-- migration: 5
+-- The durable outbox (issue 9): push notifications and operator alerts, written in the
+-- transaction of the change they report, delivered by the outbox service. A stream (one
+-- task's pushes, one task's alerts) goes out in seq order; key makes each event once.
+CREATE TABLE outbox (
+    seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    key text NOT NULL UNIQUE,
+    kind text NOT NULL,
+    stream text NOT NULL,
+    task_id text,
+    body jsonb NOT NULL,
+    status text NOT NULL DEFAULT 'pending',
+    attempts integer NOT NULL DEFAULT 0,
+    error text,
+    created_at timestamptz NOT NULL,
+    next_attempt_at timestamptz NOT NULL,
+    lease_owner text,
+    lease_expires_at timestamptz,
+    finished_at timestamptz
+);
+CREATE INDEX outbox_pending_stream ON outbox (stream, seq) WHERE status = 'pending';
+CREATE INDEX outbox_pending_due ON outbox (next_attempt_at, seq) WHERE status = 'pending';
+CREATE INDEX outbox_task ON outbox (task_id, seq);
+
 -- name: insert_task
 INSERT INTO tasks (id, context_id, state, data, created_at, updated_at)
 VALUES (%(id)s, %(context_id)s, %(state)s, %(data)s, %(now)s, %(now)s)
@@ -242,3 +266,58 @@ ON CONFLICT (task_id) DO UPDATE SET
 
 -- name: get_push_config
 SELECT config FROM push_configs WHERE task_id = %(task_id)s::text;
+
+-- name: insert_outbox_event
+-- A push event is kept only while its task has a push config (nobody to tell otherwise);
+-- a key already present keeps the first event (once per task and state, per verdict).
+INSERT INTO outbox (key, kind, stream, task_id, body, created_at, next_attempt_at)
+SELECT %(key)s::text, %(kind)s::text, %(stream)s::text, %(task_id)s::text,
+    %(body)s::jsonb, %(now)s::timestamptz, %(now)s::timestamptz
+WHERE %(kind)s::text <> 'push'
+    OR EXISTS (SELECT 1 FROM push_configs WHERE task_id = %(task_id)s::text)
+ON CONFLICT (key) DO NOTHING;
+
+-- name: claim_outbox
+-- Only a stream's head is eligible: while it is leased or waiting for its retry, the
+-- events behind it wait too. SKIP LOCKED passes over heads another replica is leasing
+-- right now; one leased and committed meanwhile fails the re-checked lease condition.
+WITH due AS (
+    SELECT o.seq FROM outbox AS o
+    WHERE o.status = 'pending'
+        AND o.next_attempt_at <= %(now)s::timestamptz
+        AND (o.lease_expires_at IS NULL OR o.lease_expires_at <= %(now)s::timestamptz)
+        AND NOT EXISTS (
+            SELECT 1 FROM outbox AS p
+            WHERE p.stream = o.stream AND p.status = 'pending' AND p.seq < o.seq
+        )
+    ORDER BY o.next_attempt_at, o.seq
+    LIMIT %(limit)s::integer
+    FOR UPDATE OF o SKIP LOCKED
+)
+UPDATE outbox AS t
+SET lease_owner = %(owner)s::text, lease_expires_at = %(lease_expires_at)s::timestamptz
+FROM due
+WHERE t.seq = due.seq
+RETURNING t.*;
+
+-- name: finish_outbox
+UPDATE outbox
+SET status = %(status)s::text, error = %(error)s::text, attempts = attempts + 1,
+    finished_at = %(now)s::timestamptz, lease_owner = NULL, lease_expires_at = NULL
+WHERE seq = %(seq)s::bigint AND status = 'pending' AND lease_owner = %(owner)s::text
+RETURNING seq;
+
+-- name: retry_outbox
+UPDATE outbox
+SET error = %(error)s::text, attempts = attempts + %(counted)s::integer,
+    next_attempt_at = %(next_attempt_at)s::timestamptz,
+    lease_owner = NULL, lease_expires_at = NULL
+WHERE seq = %(seq)s::bigint AND status = 'pending' AND lease_owner = %(owner)s::text
+RETURNING seq;
+
+-- name: list_outbox
+SELECT * FROM outbox
+WHERE (%(task_id)s::text IS NULL OR task_id = %(task_id)s::text)
+    AND (%(status)s::text IS NULL OR status = %(status)s::text)
+ORDER BY seq
+LIMIT %(limit)s::integer OFFSET %(offset)s::integer;

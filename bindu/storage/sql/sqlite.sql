@@ -78,6 +78,31 @@ CREATE TABLE push_configs (
     updated_at TEXT NOT NULL
 );
 
+-- migration: 5
+-- The durable outbox (issue 9): push notifications and operator alerts, written in the
+-- transaction of the change they report, delivered by the outbox service. A stream (one
+-- task's pushes, one task's alerts) goes out in seq order; key makes each event once.
+CREATE TABLE outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    stream TEXT NOT NULL,
+    task_id TEXT,
+    body TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    created_at TEXT NOT NULL,
+    next_attempt_at TEXT NOT NULL,
+    lease_owner TEXT,
+    lease_expires_at TEXT,
+    finished_at TEXT
+);
+-- A stream's head (its oldest pending event) and the due heads, from the index alone.
+CREATE INDEX outbox_pending_stream ON outbox (stream, seq) WHERE status = 'pending';
+CREATE INDEX outbox_pending_due ON outbox (next_attempt_at, seq) WHERE status = 'pending';
+CREATE INDEX outbox_task ON outbox (task_id, seq);
+
 -- name: insert_task
 INSERT INTO tasks (id, context_id, state, data, created_at, updated_at)
 VALUES (:id, :context_id, :state, :data, :now, :now)
@@ -213,3 +238,50 @@ ON CONFLICT (task_id) DO UPDATE SET
 
 -- name: get_push_config
 SELECT config FROM push_configs WHERE task_id = :task_id;
+
+-- name: insert_outbox_event
+-- A push event is kept only while its task has a push config (nobody to tell otherwise);
+-- a key already present keeps the first event (once per task and state, per verdict).
+INSERT INTO outbox (key, kind, stream, task_id, body, created_at, next_attempt_at)
+SELECT :key, :kind, :stream, :task_id, :body, :now, :now
+WHERE :kind <> 'push' OR EXISTS (SELECT 1 FROM push_configs WHERE task_id = :task_id)
+ON CONFLICT (key) DO NOTHING;
+
+-- name: claim_outbox
+-- Run inside BEGIN IMMEDIATE (as claim_due_payments). Only a stream's head is eligible:
+-- while it is leased or waiting for its retry, the events behind it wait too.
+UPDATE outbox
+SET lease_owner = :owner, lease_expires_at = :lease_expires_at
+WHERE seq IN (
+    SELECT o.seq FROM outbox AS o
+    WHERE o.status = 'pending'
+        AND o.next_attempt_at <= :now
+        AND (o.lease_expires_at IS NULL OR o.lease_expires_at <= :now)
+        AND NOT EXISTS (
+            SELECT 1 FROM outbox AS p
+            WHERE p.stream = o.stream AND p.status = 'pending' AND p.seq < o.seq
+        )
+    ORDER BY o.next_attempt_at, o.seq
+    LIMIT :limit
+)
+RETURNING *;
+
+-- name: finish_outbox
+UPDATE outbox
+SET status = :status, error = :error, attempts = attempts + 1, finished_at = :now,
+    lease_owner = NULL, lease_expires_at = NULL
+WHERE seq = :seq AND status = 'pending' AND lease_owner = :owner
+RETURNING seq;
+
+-- name: retry_outbox
+UPDATE outbox
+SET error = :error, attempts = attempts + :counted, next_attempt_at = :next_attempt_at,
+    lease_owner = NULL, lease_expires_at = NULL
+WHERE seq = :seq AND status = 'pending' AND lease_owner = :owner
+RETURNING seq;
+
+-- name: list_outbox
+SELECT * FROM outbox
+WHERE (:task_id IS NULL OR task_id = :task_id) AND (:status IS NULL OR status = :status)
+ORDER BY seq
+LIMIT :limit OFFSET :offset;
