@@ -10,6 +10,14 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 from pydantic.alias_generators import to_camel
 
+# Ids a caller sends (task, context, message, request ids) are at most this long: enough for
+# any UUID or ULID scheme, small enough to echo in an error or index cheaply.
+MAX_ID_LENGTH = 256
+# Page tokens are offsets we issued: decimal digits that fit a signed 64-bit integer.
+PAGE_TOKEN_PATTERN = r"^[0-9]{1,18}$"
+
+Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
+
 
 class WireModel(BaseModel):
     model_config = ConfigDict(
@@ -125,7 +133,7 @@ class PushNotificationConfig(WireModel):
 
 
 class TaskPushNotificationConfig(WireModel):
-    task_id: str
+    task_id: Id
     push_notification_config: PushNotificationConfig
 
 
@@ -143,16 +151,16 @@ class MessageSendParams(WireModel):
 
 
 class TaskQueryParams(WireModel):
-    id: str
+    id: Id
     history_length: int | None = Field(default=None, ge=0)
 
 
 class TaskIdParams(WireModel):
-    id: str
+    id: Id
 
 
 class TaskListParams(WireModel):
-    context_id: str | None = None
+    context_id: Id | None = None
     state: TaskState | None = None
     page_size: int = Field(default=50, ge=1, le=500)
-    page_token: str | None = None
+    page_token: str | None = Field(default=None, pattern=PAGE_TOKEN_PATTERN)

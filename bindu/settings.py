@@ -59,6 +59,9 @@ class ServerSettings(BaseModel):
     agent_name: str = "bindu agent"
     agent_description: str = "An agent served by bindu, paid per task with x402."
 
+    # input: hostile-input bounds (JSON-RPC bodies are refused past these, before parsing)
+    max_json_depth: int = Field(default=32, ge=4, le=256)
+
 
 class ReconciliationSettings(BaseModel):
     enabled: bool = True

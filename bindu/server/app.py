@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -30,6 +31,18 @@ from bindu.server.task_manager import TaskManager
 from bindu.settings import Settings
 from bindu.storage.base import Storage
 
+# The interpreter's default. py_ecc (imported through x402's EVM signer) raises the limit to
+# 100,000 at import; deep recursion in C code (json's parser) then overflows the C stack
+# and the process dies with SIGSEGV instead of raising RecursionError.
+RECURSION_LIMIT = 1000
+
+
+def pin_recursion_limit() -> None:
+    """Undo dependencies' changes to the recursion limit (call after they are imported)."""
+    if sys.getrecursionlimit() != RECURSION_LIMIT:
+        logger.debug("recursion limit {} reset to {}", sys.getrecursionlimit(), RECURSION_LIMIT)
+        sys.setrecursionlimit(RECURSION_LIMIT)
+
 
 class BodyTooLarge(Exception):
     pass
@@ -49,8 +62,13 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+class RpcResponse(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return jsonrpc.dump(content)
+
+
 def rpc_response(body: dict[str, Any], status: int = 200, **kw: Any) -> JSONResponse:
-    return JSONResponse(body, status_code=status, **kw)
+    return RpcResponse(body, status_code=status, **kw)
 
 
 class RpcEndpoint:
@@ -72,11 +90,11 @@ class RpcEndpoint:
             )
         request_id: jsonrpc.RequestId = None
         try:
-            rpc = jsonrpc.parse_request(body)
+            rpc = jsonrpc.parse_request(body, max_depth=self._tm.settings.server.max_json_depth)
             request_id = rpc.id
             handler = self._table.get(rpc.method)
             if handler is None:
-                raise RpcError(jsonrpc.METHOD_NOT_FOUND, f"Method not found: {rpc.method}")
+                raise jsonrpc.method_not_found(rpc.method)
             if rpc.method in self._protected:
                 return await self._paid(request, rpc)
             return rpc_response(jsonrpc.result(rpc.id, await handler(rpc.params)))
@@ -182,11 +200,13 @@ def create_app(
     storage: Storage | None = None,
     services: list[Service] | None = None,
 ) -> Starlette:
+    pin_recursion_limit()  # this module's imports brought py_ecc in
     state: dict[str, Any] = {}
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with TaskManager(settings, agent, storage=storage, services=services) as manager:
+            pin_recursion_limit()  # again, should start-up have imported more
             state["manager"] = manager
             state["rpc"] = RpcEndpoint(manager)
             app.state.manager = manager

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from bindu.a2a import (
+    MAX_ID_LENGTH,
     MessageSendParams,
     Task,
     TaskIdParams,
@@ -72,6 +73,13 @@ class Handlers:
         message = params.message
         if message.role != "user":
             raise RpcError(INVALID_PARAMS, "Invalid params: message.role must be 'user'")
+        # Bounded here, not on Message: stored messages (agent-made too) must still load.
+        for name, value in (("messageId", message.message_id), ("contextId", message.context_id)):
+            if value is not None and not 0 < len(value) <= MAX_ID_LENGTH:
+                raise RpcError(
+                    INVALID_PARAMS,
+                    f"Invalid params: message.{name}: 1 to {MAX_ID_LENGTH} characters",
+                )
         if message.task_id is not None:
             raise RpcError(
                 UNSUPPORTED_OPERATION, "continuing an existing task is not supported; omit taskId"
@@ -128,9 +136,7 @@ class Handlers:
     async def tasks_list(self, raw: dict[str, Any]) -> Any:
         params = parse_params(TaskListParams, raw)
         offset = 0
-        if params.page_token is not None:
-            if not params.page_token.isdigit():
-                raise RpcError(INVALID_PARAMS, "Invalid params: pageToken is not one we issued")
+        if params.page_token is not None:  # digits only, at most 18 (checked by the model)
             offset = int(params.page_token)
         tasks = await self._storage.list_tasks(
             context_id=params.context_id,

@@ -50,3 +50,8 @@ def count_runs(path: str) -> int:
             return sum(1 for line in f if line.strip())
     except FileNotFoundError:
         return 0
+
+
+def unencodable(history: list[Message]) -> list[object]:
+    # A lone surrogate and a NaN: what no JSON response can carry as is.
+    return ["bad \ud800 output", {"ratio": float("nan"), "key \udfff": 1}]
