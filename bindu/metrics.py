@@ -16,6 +16,11 @@ PAYMENTS = Counter(
 PAYWALL_REFUSALS = Counter(
     "bindu_paywall_refusals_total", "Paid requests refused before any work", ["status"]
 )
+PAYWALL_RATE_LIMITED = Counter(
+    "bindu_paywall_rate_limited_total",
+    "Payments answered 429 because a refusal budget was spent",
+    ["scope"],
+)
 SERVICE_RESTARTS = Counter(
     "bindu_service_restarts_total", "Background services restarted after a crash", ["service"]
 )

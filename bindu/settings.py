@@ -6,6 +6,7 @@ environment variable, so a bad deployment stops with a message an operator can a
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from typing import Annotated, Any, Literal
@@ -81,6 +82,42 @@ class ReconciliationSettings(BaseModel):
     collect_after_seconds: float = Field(default=60.0, ge=0)
 
 
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class RateLimitSettings(BaseModel):
+    """Token buckets for refused payments (X402__RATE_LIMIT__…); successful payments never
+    draw on them. Burst = bucket size, per minute = refill rate."""
+
+    client_burst: int = Field(default=20, ge=1, le=1_000_000)
+    client_per_minute: float = Field(default=10.0, gt=0)
+    # Charged only for refusals of payments whose signature proved the payer (see paywall).
+    payer_burst: int = Field(default=10, ge=1, le=1_000_000)
+    payer_per_minute: float = Field(default=5.0, gt=0)
+    # Signatures no local check can judge (smart wallets: ERC-1271/6492) reach the facilitator
+    # only through this one server-wide bucket; burst 0 refuses them.
+    smart_wallet_burst: int = Field(default=20, ge=0, le=1_000_000)
+    smart_wallet_per_minute: float = Field(default=30.0, gt=0)
+    # Peers whose X-Forwarded-For is believed (IPs or CIDRs, comma-separated); none by default.
+    trusted_proxies: Annotated[list[IpNetwork], NoDecode] = Field(default_factory=list)
+    # IPv6 clients share a bucket per prefix: one host usually holds a whole /64.
+    ipv6_prefix: int = Field(default=64, ge=16, le=128)
+    # Buckets remembered per kind; past this the least recently charged are forgotten.
+    max_tracked: int = Field(default=100_000, ge=100, le=10_000_000)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _networks_csv(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list):
+            try:
+                return [ipaddress.ip_network(str(v), strict=False) for v in value]
+            except ValueError as exc:
+                raise ValueError(f"must be comma-separated IPs or CIDRs ({exc})") from exc
+        return value
+
+
 class X402Settings(BaseModel):
     facilitator_url: str | None = None
     pay_to: str | None = None
@@ -100,6 +137,7 @@ class X402Settings(BaseModel):
     rpc_urls: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     confirmations: int = Field(default=1, ge=0, le=1000)
     reconciliation: ReconciliationSettings = Field(default_factory=ReconciliationSettings)
+    rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
 
     @property
     def enabled(self) -> bool:

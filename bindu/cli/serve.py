@@ -29,5 +29,8 @@ def serve(args: argparse.Namespace) -> int:
         log_level="warning",
         access_log=False,
         lifespan="on",
+        # Client addresses come from the socket; X402__RATE_LIMIT__TRUSTED_PROXIES decides
+        # whose X-Forwarded-For is believed (bindu/server/client_address.py).
+        proxy_headers=False,
     )
     return 0

@@ -1,8 +1,20 @@
 """The x402 paywall: 402 answers, header decoding, the durable nonce claim, ``/verify``.
 
-Order matters: the EIP-3009 nonce is claimed in storage *before* ``/verify`` so a replay
-is refused across restarts and across replicas sharing a database; a claim whose
-``/verify`` fails is released (no money can move from a refused payment).
+Order matters, cheapest first, so a bad payment costs us as little as possible:
+
+1. a client whose refusal budget is spent gets 429 before its header is even decoded;
+2. decoding and the local checks (recipient, amount, validity window) and the EIP-712
+   signature (``signature.check_signature``): a forged payment stops here, having cost one
+   CPU check; no storage write, no facilitator call;
+3. the EIP-3009 nonce is claimed in storage *before* ``/verify`` so a replay is refused
+   across restarts and across replicas sharing a database; a claim whose ``/verify`` fails
+   is released (no money can move from a refused payment).
+
+Refusals draw on token buckets (``ratelimit``): always the client's; the payer's only when
+the signature proved the payer signed it and the nonce was new (a replayed or forged
+payment naming someone must not lock that someone out). Smart-wallet signatures, which only
+the chain can judge, reach the facilitator through one server-wide bucket, charged to the
+client up front and given back when the facilitator accepts.
 """
 
 from __future__ import annotations
@@ -22,13 +34,16 @@ from x402 import x402ResourceServer
 from x402.http import HTTPFacilitatorClient
 from x402.http.constants import PAYMENT_REQUIRED_HEADER, PAYMENT_SIGNATURE_HEADER, X_PAYMENT_HEADER
 from x402.http.utils import decode_payment_signature_header, encode_payment_required_header
+from x402.mechanisms.evm.constants import ERR_INVALID_SIGNATURE
 from x402.mechanisms.evm.exact import register_exact_evm_server
 from x402.mechanisms.evm.types import ExactEIP3009Payload
 from x402.schemas import PaymentPayload, PaymentRequirements, ResourceConfig, ResourceInfo
 
 from bindu.a2a import new_id
+from bindu.payments.ratelimit import Clock, RefusalLimits
 from bindu.payments.records import PaymentRecord, PaymentStatus
 from bindu.payments.settle import SettleOutcome, settle_with_deadline, verify_refusal
+from bindu.payments.signature import SignatureCheck, check_signature
 from bindu.settings import X402Settings
 from bindu.storage.base import Storage
 
@@ -36,14 +51,31 @@ from bindu.storage.base import Storage
 MIN_VALIDITY_LEFT_SECONDS = 6
 # Tolerated difference between the payer's clock and ours when checking validBefore (s).
 CLOCK_SKEW_SECONDS = 60
+# The client key when the caller does not say who the client is.
+UNKNOWN_CLIENT = "unknown"
+REPLAYED = "payment authorization already used (replay)"
+SMART_WALLET_BUCKET = "all"
 
 
 @dataclass(frozen=True)
 class Refusal:
-    """Why a request gets no work: 402 (payment problem) or 503 (facilitator unreachable)."""
+    """Why a request gets no work: 402 (payment problem), 429 (too many refused payments;
+    ``retry_after`` seconds, ``scope`` says whose budget) or 503 (facilitator unreachable)."""
 
     status: int
     reason: str
+    retry_after: float | None = None
+    scope: str | None = None
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """A payment that passed every local check; its signature ``SIGNED`` or ``UNVERIFIABLE``."""
+
+    payload: PaymentPayload
+    requirements: PaymentRequirements
+    inner: ExactEIP3009Payload
+    signature: SignatureCheck
 
 
 @dataclass(frozen=True)
@@ -62,6 +94,8 @@ class Paywall:
         storage: Storage,
         facilitator: HTTPFacilitatorClient,
         resource_url: str,
+        *,
+        clock: Clock | None = None,
     ) -> None:
         self.settings = settings
         self._storage = storage
@@ -73,6 +107,7 @@ class Paywall:
         register_exact_evm_server(self._server, networks=settings.network)
         self._requirements: list[PaymentRequirements] | None = None
         self._init_lock = asyncio.Lock()
+        self.limits = RefusalLimits(settings.rate_limit, clock or time.monotonic)
 
     async def ready(self) -> bool:
         """Fetch ``/supported`` once (retried on later calls while the facilitator is down)."""
@@ -125,12 +160,78 @@ class Paywall:
         body = required.model_dump(mode="json", by_alias=True, exclude_none=True)
         return body, {PAYMENT_REQUIRED_HEADER: encode_payment_required_header(required)}
 
+    def throttled(self, client: str) -> Refusal | None:
+        """429 when ``client`` has spent its refusal budget: checked before anything of the
+        request is decoded."""
+        wait = self.limits.clients.wait(client)
+        if wait <= 0:
+            return None
+        return Refusal(
+            429, "too many refused payments from this address", retry_after=wait, scope="client"
+        )
+
     async def admit(
-        self, headers: Mapping[str, str], task_id: str, now: datetime
+        self,
+        headers: Mapping[str, str],
+        task_id: str,
+        now: datetime,
+        client: str = UNKNOWN_CLIENT,
     ) -> Admission | Refusal:
         raw = headers.get(PAYMENT_SIGNATURE_HEADER) or headers.get(X_PAYMENT_HEADER)
         if not raw:
             return Refusal(402, "payment required")
+        throttled = self.throttled(client)
+        if throttled is not None:
+            return throttled
+        checked = self._check_locally(raw)
+        if isinstance(checked, Refusal):
+            self.limits.clients.charge(client)
+            return checked
+        if checked.signature is SignatureCheck.UNVERIFIABLE:
+            return await self._admit_smart_wallet(checked, task_id, now, client)
+        payer = checked.inner.authorization.from_address.lower()
+        wait = self.limits.payers.wait(payer)
+        if wait > 0:
+            return Refusal(
+                429, "too many refused payments by this payer", retry_after=wait, scope="payer"
+            )
+        outcome = await self._claim_and_verify(checked, task_id, now)
+        if isinstance(outcome, Refusal) and outcome.status == 402:
+            self.limits.clients.charge(client)
+            # A replay proves nothing about who sent it: it must not lock the payer out.
+            if outcome.reason != REPLAYED:
+                self.limits.payers.charge(payer)
+        return outcome
+
+    async def _admit_smart_wallet(
+        self, checked: _Checked, task_id: str, now: datetime, client: str
+    ) -> Admission | Refusal:
+        """A signature only the chain can judge: the facilitator is asked, but rationed by one
+        server-wide bucket, and the attempt is charged to the client up front (given back
+        unless refused) so concurrent attempts cannot all slip past the limit."""
+        smart = self.limits.smart_wallets
+        if smart is None:
+            self.limits.clients.charge(client)
+            return Refusal(402, "payment invalid: smart-wallet signatures are not accepted")
+        wait = smart.wait(SMART_WALLET_BUCKET)
+        if wait > 0:
+            return Refusal(
+                429,
+                "too many smart-wallet payments awaiting the facilitator",
+                retry_after=wait,
+                scope="smart-wallet",
+            )
+        smart.charge(SMART_WALLET_BUCKET)
+        self.limits.clients.charge(client)
+        outcome = await self._claim_and_verify(checked, task_id, now)
+        if isinstance(outcome, Admission) or outcome.status != 402:
+            smart.refund(SMART_WALLET_BUCKET)
+            self.limits.clients.refund(client)
+        return outcome
+
+    def _check_locally(self, raw: str) -> _Checked | Refusal:
+        """Everything judged without I/O, cheapest first: the header, the requirements, the
+        authorization's fields, then the signature (a forged one is refused here)."""
         decoded = _decode(raw)
         if isinstance(decoded, Refusal):
             return decoded
@@ -144,10 +245,19 @@ class Paywall:
         problem = self._check_authorization(inner, requirements)
         if problem:
             return Refusal(402, problem)
+        signature = check_signature(inner.authorization, inner.signature or "", requirements)
+        if signature is SignatureCheck.FORGED:
+            return Refusal(402, f"payment invalid: {ERR_INVALID_SIGNATURE}")
+        return _Checked(payload, requirements, inner, signature)
+
+    async def _claim_and_verify(
+        self, checked: _Checked, task_id: str, now: datetime
+    ) -> Admission | Refusal:
+        payload, requirements = checked.payload, checked.requirements
         record = new_record(payload, requirements, task_id, now)
         if not await self._storage.claim_payment(record):
             logger.info("x402 replay refused: payer={} nonce={}", record.payer, record.nonce)
-            return Refusal(402, "payment authorization already used (replay)")
+            return Refusal(402, REPLAYED)
         try:
             verified = await asyncio.wait_for(
                 self._server.verify_payment(payload, requirements),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,17 +14,22 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from x402.http.constants import PAYMENT_RESPONSE_HEADER
+from x402.http.constants import (
+    PAYMENT_RESPONSE_HEADER,
+    PAYMENT_SIGNATURE_HEADER,
+    X_PAYMENT_HEADER,
+)
 from x402.http.utils import encode_payment_response_header
 from x402.schemas import SettleResponse
 
 from bindu import __version__
 from bindu.a2a import MessageSendParams, new_id, utcnow
 from bindu.agent import Agent
-from bindu.metrics import PAYWALL_REFUSALS, record_payment_stats
+from bindu.metrics import PAYWALL_RATE_LIMITED, PAYWALL_REFUSALS, record_payment_stats
 from bindu.payments.paywall import Refusal
 from bindu.payments.records import META_ERROR, META_RECEIPTS, META_STATUS, PaymentStatus
 from bindu.server import jsonrpc
+from bindu.server.client_address import client_key
 from bindu.server.handlers import Handlers, parse_params
 from bindu.server.jsonrpc import RpcError
 from bindu.server.services import Service
@@ -80,6 +86,10 @@ class RpcEndpoint:
         self._protected = set(x402.protected_methods) if x402.enabled else set()
 
     async def __call__(self, request: Request) -> Response:
+        client = self._client(request)
+        throttled = self._throttled(request, client)
+        if throttled is not None:
+            return too_many(throttled)
         limit = self._tm.settings.server.max_body_bytes
         try:
             body = await read_body(request, limit)
@@ -96,7 +106,7 @@ class RpcEndpoint:
             if handler is None:
                 raise jsonrpc.method_not_found(rpc.method)
             if rpc.method in self._protected:
-                return await self._paid(request, rpc)
+                return await self._paid(request, rpc, client)
             return rpc_response(jsonrpc.result(rpc.id, await handler(rpc.params)))
         except RpcError as exc:
             rid = exc.request_id if exc.request_id is not None else request_id
@@ -105,7 +115,24 @@ class RpcEndpoint:
             logger.exception("unexpected error answering a JSON-RPC request")
             return rpc_response(jsonrpc.error(request_id, jsonrpc.INTERNAL_ERROR, "Internal error"))
 
-    async def _paid(self, request: Request, rpc: jsonrpc.RpcRequest) -> Response:
+    def _client(self, request: Request) -> str:
+        limits = self._tm.settings.x402.rate_limit
+        peer = request.client.host if request.client else None
+        forwarded = request.headers.get("x-forwarded-for")
+        return client_key(peer, forwarded, limits.trusted_proxies, limits.ipv6_prefix)
+
+    def _throttled(self, request: Request, client: str) -> Refusal | None:
+        """A payment from a client past its refusal budget is turned away before its body
+        is read or its header decoded (whatever method it names)."""
+        paywall = self._tm.paywall
+        if paywall is None or not self._protected:
+            return None
+        headers = request.headers
+        if PAYMENT_SIGNATURE_HEADER not in headers and X_PAYMENT_HEADER not in headers:
+            return None
+        return paywall.throttled(client)
+
+    async def _paid(self, request: Request, rpc: jsonrpc.RpcRequest, client: str) -> Response:
         # Validate the request before looking at money, so bad input never costs anything.
         params = parse_params(MessageSendParams, rpc.params)
         task_id = new_id()
@@ -120,8 +147,10 @@ class RpcEndpoint:
                 503,
             )
         now = utcnow()
-        admitted = await paywall.admit(request.headers, task_id, now)
+        admitted = await paywall.admit(request.headers, task_id, now, client)
         if isinstance(admitted, Refusal):
+            if admitted.status == 429:
+                return too_many(admitted, rpc.id)
             PAYWALL_REFUSALS.labels(str(admitted.status)).inc()
             if admitted.status == 402:
                 body, headers = await paywall.payment_required(admitted.reason)
@@ -136,6 +165,20 @@ class RpcEndpoint:
             jsonrpc.result(rpc.id, result),
             headers=settlement_headers(result, admitted.record.network),
         )
+
+
+def too_many(refusal: Refusal, request_id: jsonrpc.RequestId = None) -> JSONResponse:
+    """HTTP 429 with Retry-After (whole seconds, rounded up) and a JSON-RPC error saying why."""
+    PAYWALL_REFUSALS.labels("429").inc()
+    PAYWALL_RATE_LIMITED.labels(refusal.scope or "client").inc()
+    seconds = max(1, math.ceil(refusal.retry_after or 1))
+    body = jsonrpc.error(
+        request_id,
+        jsonrpc.RATE_LIMITED,
+        f"{refusal.reason}; retry after {seconds} s",
+        {"retryAfterSeconds": seconds, "scope": refusal.scope or "client"},
+    )
+    return rpc_response(body, 429, headers={"Retry-After": str(seconds)})
 
 
 def settlement_headers(task: dict[str, Any], network: str) -> dict[str, str]:

@@ -44,6 +44,7 @@ async def serving(
         log_level="warning",
         access_log=False,
         lifespan=lifespan,
+        proxy_headers=False,  # see bindu/server/client_address.py
         timeout_graceful_shutdown=int(STOP_TIMEOUT_SECONDS),
     )
     server = _EmbeddedServer(config)

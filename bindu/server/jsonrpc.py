@@ -26,6 +26,8 @@ TASK_NOT_CANCELABLE = -32002
 UNSUPPORTED_OPERATION = -32004
 # bindu: the payment facilitator could not be reached; nothing was charged.
 PAYMENT_UNAVAILABLE = -32010
+# bindu: too many refused payments from this client or payer (HTTP 429, Retry-After).
+RATE_LIMITED = -32011
 
 RequestId = str | int | None
 
