@@ -1,4 +1,5 @@
-"""Prometheus metrics (one process-wide set, served at ``GET /metrics``)."""
+"""Prometheus metrics (one process-wide set, served at ``GET /metrics``: see
+``bindu.server.observability`` for who may read them)."""
 
 from __future__ import annotations
 
@@ -34,11 +35,18 @@ PROBE_SECONDS = Histogram(
     "bindu_reconcile_probe_seconds", "Latency of reconciliation probes", ["source"]
 )
 PASS_SECONDS = Histogram("bindu_reconcile_pass_seconds", "Duration of one reconciliation pass")
-PAYMENT_RECORDS = Gauge("bindu_payments", "Payment records by status (at scrape time)", ["status"])
+PAYMENT_RECORDS = Gauge(
+    "bindu_payments",
+    "Payment records by status (refreshed every METRICS__REFRESH_SECONDS)",
+    ["status"],
+)
 OLDEST_PAYMENT_SECONDS = Gauge(
     "bindu_payments_oldest_age_seconds",
-    "Age of the oldest payment record in each status (at scrape time)",
+    "Age of the oldest payment record in each status (at the last refresh)",
     ["status"],
+)
+PAYMENT_GAUGE_REFRESHES = Counter(
+    "bindu_payment_gauge_refreshes_total", "Times the payment gauges were read from storage"
 )
 WEBHOOK_FAILURES = Counter(
     "bindu_webhook_failures_total", "Operator webhook deliveries that failed after retries"
@@ -49,7 +57,7 @@ PUSH_DELIVERIES = Counter(
 
 
 def record_payment_stats(stats: dict[PaymentStatus, StatusStats], now: datetime) -> None:
-    """Set the per-status gauges from storage's numbers (called on each scrape)."""
+    """Set the per-status gauges from storage's numbers (by the payment-gauges service)."""
     for status, numbers in stats.items():
         PAYMENT_RECORDS.labels(status.value).set(numbers.count)
         oldest = numbers.oldest_created_at

@@ -11,7 +11,14 @@ import json
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bindu.errors import SettingsError
@@ -155,6 +162,11 @@ class X402Settings(BaseModel):
     def _methods_csv(cls, value: Any) -> Any:
         if isinstance(value, str):
             value = [m.strip() for m in value.split(",") if m.strip()]
+        if isinstance(value, list) and not value:
+            # Empty would advertise x402 on the card while every call is free.
+            raise ValueError(
+                "must name at least one method (message/send); unset it for the default"
+            )
         if isinstance(value, list) and not set(value) <= PAYABLE_METHODS:
             raise ValueError(f"only {sorted(PAYABLE_METHODS)} can be paid for")
         return value
@@ -192,6 +204,32 @@ class X402Settings(BaseModel):
         return self
 
 
+class MetricsSettings(BaseModel):
+    """Who may read ``/metrics``. Secure by default: served nowhere until the operator picks
+    a bearer token (checked on the main app) or a listener of its own (e.g. on loopback)."""
+
+    token: SecretStr | None = None
+    host: str = "127.0.0.1"
+    port: int | None = Field(default=None, ge=1, le=65535)
+    # Payment gauges come from a GROUP BY over payments: refreshed this often in the
+    # background, never per scrape.
+    refresh_seconds: float = Field(default=15.0, gt=0)
+
+    @field_validator("token", mode="before")
+    @classmethod
+    def _strong_token(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if not value.strip():
+                return None
+            if len(value) < 16 or not value.isascii() or any(c.isspace() for c in value):
+                raise ValueError("must be at least 16 printable ASCII characters, no spaces")
+        return value
+
+    @property
+    def served(self) -> bool:
+        return self.port is not None or self.token is not None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_nested_delimiter="__",
@@ -204,6 +242,7 @@ class Settings(BaseSettings):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     x402: X402Settings = Field(default_factory=X402Settings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     log_level: str = "INFO"
 
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from loguru import logger
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -25,13 +24,21 @@ from x402.schemas import SettleResponse
 from bindu import __version__
 from bindu.a2a import MessageSendParams, new_id, utcnow
 from bindu.agent import Agent
-from bindu.metrics import PAYWALL_RATE_LIMITED, PAYWALL_REFUSALS, record_payment_stats
+from bindu.metrics import PAYWALL_RATE_LIMITED, PAYWALL_REFUSALS
 from bindu.payments.paywall import Refusal
 from bindu.payments.records import META_ERROR, META_RECEIPTS, META_STATUS, PaymentStatus
 from bindu.server import jsonrpc
 from bindu.server.client_address import client_key
+from bindu.server.embedded import serving
 from bindu.server.handlers import Handlers, parse_params
 from bindu.server.jsonrpc import RpcError
+from bindu.server.observability import (
+    PaymentGauges,
+    bind_metrics_socket,
+    describe,
+    metrics_app,
+    metrics_endpoint,
+)
 from bindu.server.services import Service
 from bindu.server.task_manager import TaskManager
 from bindu.settings import Settings
@@ -246,13 +253,26 @@ def create_app(
     pin_recursion_limit()  # this module's imports brought py_ecc in
     state: dict[str, Any] = {}
 
+    metrics_socket = bind_metrics_socket(settings.metrics)
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with TaskManager(settings, agent, storage=storage, services=services) as manager:
+        async with (
+            TaskManager(settings, agent, storage=storage, services=services) as manager,
+            AsyncExitStack() as stack,
+        ):
             pin_recursion_limit()  # again, should start-up have imported more
             state["manager"] = manager
             state["rpc"] = RpcEndpoint(manager)
             app.state.manager = manager
+            if settings.metrics.served:
+                gauges = PaymentGauges(manager.storage, settings.metrics.refresh_seconds)
+                manager.supervisor.start(gauges)
+            if metrics_socket is not None:
+                await stack.enter_async_context(
+                    serving(metrics_app(settings.metrics), metrics_socket, lifespan="off")
+                )
+            logger.info(describe(settings.metrics))
             yield
 
     async def rpc(request: Request) -> Response:
@@ -277,21 +297,13 @@ def create_app(
             }
         )
 
-    async def metrics(request: Request) -> Response:
-        manager: TaskManager = state["manager"]
-        try:
-            record_payment_stats(await manager.storage.payment_stats(), utcnow())
-        except Exception as exc:  # a scrape must still answer while storage is down
-            logger.warning("metrics: payment stats unavailable: {}", exc)
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
     return Starlette(
         routes=[
             Route("/", rpc, methods=["POST"]),
             Route("/.well-known/agent.json", card, methods=["GET"]),
             Route("/.well-known/agent-card.json", card, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
-            Route("/metrics", metrics, methods=["GET"]),
+            metrics_endpoint(settings.metrics, on_main_app=True),
         ],
         lifespan=lifespan,
     )

@@ -106,6 +106,9 @@ async def test_push_reaches_the_client_for_each_verdict_despite_downtime(
     assert all("signature" not in json.dumps(body) for _, body in seen)
 
 
+METRICS_TOKEN = "metrics-token-for-tests"
+
+
 def scrape(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     values = {}
     for family in text_string_to_metric_families(text):
@@ -120,11 +123,13 @@ async def test_metrics_parse_and_move(devnet: Devnet, faults_reset, tmp_path):
         STORAGE__URL=f"sqlite:///{tmp_path}/bindu.db",
         X402__SETTLE_TIMEOUT_SECONDS="2",
         X402__RECONCILIATION__INTERVAL_SECONDS="1",
+        METRICS__TOKEN=METRICS_TOKEN,
+        METRICS__REFRESH_SECONDS="0.2",
     )
     async with (
         inprocess_server(settings_from_env(env), agents.counting) as url,
         PayingClient(url, payer) as client,
-        httpx.AsyncClient() as http,
+        httpx.AsyncClient(headers={"Authorization": f"Bearer {METRICS_TOKEN}"}) as http,
     ):
         before = scrape((await http.get(url + "/metrics")).text)
         await client.send_text("paid")
@@ -138,7 +143,14 @@ async def test_metrics_parse_and_move(devnet: Devnet, faults_reset, tmp_path):
             return task["metadata"]["x402.payment.status"] == "payment-orphaned"
 
         await until(orphaned, timeout=30, what="orphaned verdict")
-        after = scrape((await http.get(url + "/metrics")).text)
+
+        async def gauges_caught_up() -> dict | None:
+            # The payment gauges are refreshed in the background, not per scrape.
+            now = scrape((await http.get(url + "/metrics")).text)
+            key = ("bindu_payments", (("status", "payment-orphaned"),))
+            return now if now.get(key) == 1 else None
+
+        after = await until(gauges_caught_up, timeout=10, what="payment gauges refreshed")
 
     def delta(name: str, **labels: str) -> float:
         key = (name, tuple(sorted(labels.items())))

@@ -27,6 +27,12 @@ ADDR = "0x" + "ab" * 20
         ({"X402__RECONCILIATION__POLICY": "refund"}, "X402__RECONCILIATION__POLICY"),
         ({"X402__PROTECTED_METHODS": "tasks/get"}, "X402__PROTECTED_METHODS"),
         ({"SERVER__PORT": "99999"}, "SERVER__PORT"),
+        ({"SERVER__MAX_JSON_DEPTH": "1"}, "SERVER__MAX_JSON_DEPTH"),
+        ({"X402__PROTECTED_METHODS": ""}, "X402__PROTECTED_METHODS"),
+        ({"METRICS__TOKEN": "short"}, "METRICS__TOKEN"),
+        ({"METRICS__TOKEN": "sixteen chars with spaces"}, "METRICS__TOKEN"),
+        ({"METRICS__PORT": "0"}, "METRICS__PORT"),
+        ({"METRICS__REFRESH_SECONDS": "0"}, "METRICS__REFRESH_SECONDS"),
         ({"STORAGE__SCHEMA": "Drop Table"}, "STORAGE__SCHEMA"),
     ],
 )
