@@ -201,6 +201,13 @@ class X402Settings(BaseModel):
                 raise ValueError("facilitator_url: required when X402__PAY_TO is set")
             if not self.asset:
                 raise ValueError("asset: required when X402__PAY_TO is set")
+            if self.reconciliation.policy == "fulfill" and self.network not in self.rpc_urls:
+                # A facilitator cannot tell a used authorization from one the payer
+                # canceled: delivering on its word alone would work for free (DESIGN §7).
+                raise ValueError(
+                    "reconciliation__policy: fulfill needs chain proof; set X402__RPC_URLS"
+                    f" for {self.network} or use the record policy"
+                )
         return self
 
 

@@ -1,4 +1,6 @@
-"""``bindu reconcile --once``: one reconciliation pass against the configured storage."""
+"""``bindu reconcile --once``: one reconciliation pass against the configured storage, then
+``payment-unresolved`` records re-judged on chain for every network ``X402__RPC_URLS``
+covers (a proof turns them orphaned or void; anything less leaves them unresolved)."""
 
 from __future__ import annotations
 
@@ -21,7 +23,10 @@ async def _once() -> list[Outcome]:
     facilitator = make_facilitator_client(x402) if x402.facilitator_url else None
     reconciler = Reconciler(storage, x402, facilitator=facilitator)
     try:
-        return await reconciler.run_pass()
+        outcomes = await reconciler.run_pass()
+        # Unresolved verdicts are final for the server; with an RPC URL given here, the
+        # chain may now prove what the facilitator could not.
+        return outcomes + await reconciler.rejudge_unresolved()
     finally:
         await reconciler.close()
         if facilitator is not None:
@@ -41,7 +46,7 @@ def reconcile(args: argparse.Namespace) -> int:
             if o.decision.next_check_at
             else "",
             o.decision.reason
-            if o.written
+            if o.written or o.kept
             else f"(not written: another writer won) {o.decision.reason}",
         )
         for o in outcomes

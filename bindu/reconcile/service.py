@@ -14,7 +14,7 @@ import os
 import socket
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -52,6 +52,8 @@ class Outcome:
     task_id: str
     decision: Decision
     written: bool
+    # Re-judged and left unresolved on purpose (no proof yet), not a lost write.
+    kept: bool = False
 
 
 async def _no_fulfil(task: Task) -> Task:
@@ -149,6 +151,42 @@ class Reconciler:
         PASS_SECONDS.observe(time.perf_counter() - started)
         return outcomes
 
+    async def rejudge_unresolved(self, now: datetime | None = None) -> list[Outcome]:
+        """Probe the chain again for ``payment-unresolved`` records of networks with an RPC
+        URL (``bindu reconcile --once``): a proof found now (a Transfer, a cancellation,
+        expiry unused) becomes the verdict; anything short of proof leaves the record as it
+        is. Never delivers work (record policy), whatever the configured policy."""
+        at = now or utcnow()
+        rules = replace(self.rules, policy="record")
+        outcomes: list[Outcome] = []
+        for record in await self._unresolved():
+            if not self._chain.covers(record.network):
+                continue
+            problem = corruption(record)
+            async with self._semaphore:
+                evidence = Corrupt(problem) if problem else await self._chain.probe(record)
+            decision = decide(record, evidence, at, rules)
+            if decision.verdict not in (Verdict.ORPHANED, Verdict.VOID):
+                still = Decision(
+                    Verdict.UNRESOLVED, f"still unresolved: {decision.reason}", record.attempts
+                )
+                outcomes.append(Outcome(record.id, record.task_id, still, False, kept=True))
+                continue
+            written = await self._write(record, decision, evidence, at, leased=False)
+            outcomes.append(Outcome(record.id, record.task_id, decision, written))
+        return outcomes
+
+    async def _unresolved(self) -> list[PaymentRecord]:
+        records: list[PaymentRecord] = []
+        page = self._config.batch_size
+        while True:
+            batch = await self._storage.list_payments(
+                statuses=[PaymentStatus.UNRESOLVED], limit=page, offset=len(records)
+            )
+            records += batch
+            if len(batch) < page:
+                return records
+
     async def _guarded(self, record: PaymentRecord, now: datetime) -> Outcome:
         # One payment's trouble (say its task row is unreadable) must not sink the batch:
         # count it; its lease lapses and it is tried again later.
@@ -186,8 +224,16 @@ class Reconciler:
         return ProbeFailure("none", f"no RPC URL and no facilitator for {record.network}")
 
     async def _write(
-        self, record: PaymentRecord, decision: Decision, evidence: Evidence, now: datetime
+        self,
+        record: PaymentRecord,
+        decision: Decision,
+        evidence: Evidence,
+        now: datetime,
+        *,
+        leased: bool = True,
     ) -> bool:
+        # Candidates of a pass are leased to this reconciler; a re-judged record is not.
+        owner = self.owner if leased else None
         answer: dict[str, Any] = {
             "source": "reconciler",
             "at": now.isoformat(),
@@ -203,7 +249,7 @@ class Reconciler:
                 release_lease=True,
             )
             done = await self._storage.transition_payment(
-                record.id, {record.status}, update, now=now, lease_owner=self.owner
+                record.id, {record.status}, update, now=now, lease_owner=owner
             )
             return done is not None
         status = _STATUS_OF[decision.verdict]
@@ -221,7 +267,7 @@ class Reconciler:
         )
         task = await self._task_after(record, status, decision)
         done = await self._storage.transition_payment(
-            record.id, {record.status}, update, now=now, lease_owner=self.owner, task=task
+            record.id, {record.status}, update, now=now, lease_owner=owner, task=task
         )
         if done is None:
             logger.info("verdict for payment {} lost the race; another writer won", record.id)

@@ -1,13 +1,19 @@
 """The verdict: a pure function of (record, evidence, now, rules). No I/O here.
 
-Safety comes first: ``orphaned`` needs proof the authorization was consumed, ``void``
-needs proof it did not and cannot move money (canceled, invalid, or unused while chain
-time is already past ``validBefore``). Everything else waits on a backoff schedule, and
-every payment reaches a final verdict within ``max_attempts`` probes.
+Safety comes first (DESIGN §7). ``orphaned`` needs proof that money reached payTo: the
+Transfer on chain with the configured confirmations, or a settle answer from the
+facilitator that itself reported success with a transaction hash. A consumed nonce alone
+is no proof: ``authorizationState`` and ``/verify`` say the same for an authorization the
+payer canceled, so without the chain such a payment ends ``unresolved`` with a hint.
+``void`` needs proof it did not and cannot move money (canceled, invalid, or unused while
+chain time is already past ``validBefore``). Everything else waits on a backoff schedule,
+and every payment reaches a final verdict within ``max_attempts`` probes.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -32,6 +38,13 @@ from bindu.reconcile.evidence import (
 
 # Time to the next check after the n-th attempt (seconds); the last one repeats.
 BACKOFF_SECONDS = (5.0, 15.0, 60.0, 300.0, 1800.0, 3600.0)
+
+# Where a facilitator's /settle answer is kept on the record (``answers[*].source``): the
+# worker's answer, and one that arrived after the worker stopped waiting for it.
+SETTLE_ANSWER_SOURCES = frozenset({"settle", "settle-late"})
+_TX_HASH = re.compile(r"^0x[0-9a-fA-F]{64}$")
+# Without chain proof a consumed nonce is unresolved: this tells the operator what to do.
+RPC_HINT = "configure X402__RPC_URLS for {network}, then `bindu reconcile --once` re-judges it"
 
 # /verify reasons that mean the signed authorization can never execute.
 NEVER_EXECUTABLE = frozenset(
@@ -121,11 +134,36 @@ def _judge(
 ) -> tuple[Verdict, str, Receipt | None]:
     if isinstance(evidence, Corrupt):
         return Verdict.UNRESOLVED, f"corrupt payment record: {evidence.reason}", None
-    if isinstance(evidence, ProbeFailure):
-        return Verdict.RETRY, f"{evidence.source} unavailable: {evidence.reason}", None
     if isinstance(evidence, ChainEvidence):
+        # The chain is authoritative where it is configured, even over a success answer.
         return _judge_chain(record, evidence, rules.confirmations)
-    return _judge_verify(record, evidence)
+    answered = settle_proof(record)
+    if isinstance(evidence, ProbeFailure):
+        if answered is not None and evidence.source != "chain":
+            return _answer_proves(record, answered)
+        return Verdict.RETRY, f"{evidence.source} unavailable: {evidence.reason}", None
+    return _judge_verify(record, evidence, answered)
+
+
+def settle_proof(record: PaymentRecord) -> str | None:
+    """The hash of a stored /settle answer that itself reported success, if any: the
+    facilitator's word that the transfer was mined (its own check of the receipt)."""
+    for answer in reversed(record.answers):
+        if answer.get("source") not in SETTLE_ANSWER_SOURCES:
+            continue
+        # The answer as the facilitator sent it, kept under its own key.
+        response = answer.get("response")
+        if not isinstance(response, Mapping):
+            continue
+        tx = response.get("transaction")
+        if response.get("success") is True and isinstance(tx, str) and _TX_HASH.match(tx):
+            return tx.lower()
+    return None
+
+
+def _answer_proves(record: PaymentRecord, tx: str) -> tuple[Verdict, str, Receipt | None]:
+    reason = f"the facilitator reported the settlement successful in {tx}"
+    return Verdict.ORPHANED, reason, record.receipt_for(tx)
 
 
 def _judge_chain(
@@ -156,17 +194,25 @@ def _judge_chain(
 
 
 def _judge_verify(
-    record: PaymentRecord, verify: VerifyEvidence
+    record: PaymentRecord, verify: VerifyEvidence, answered: str | None
 ) -> tuple[Verdict, str, Receipt | None]:
     if verify.is_valid:
+        if answered is not None:
+            # The facilitator contradicts its own success answer (a reorg, a bad node):
+            # neither side is proof now; wait, and end unresolved if it persists.
+            reason = f"facilitator reported {answered} settled but /verify says unused"
+            return Verdict.RETRY, reason, None
         return Verdict.RETRY, "facilitator: authorization unused and still valid", None
+    if answered is not None:
+        return _answer_proves(record, answered)
     reason = verify.invalid_reason or "invalid"
     if reason == ERR_NONCE_ALREADY_USED:
-        tx = record.settle_tx or ""
+        # Used OR canceled: the payer may have canceled its own authorization.
         return (
-            Verdict.ORPHANED,
-            "facilitator reports the authorization consumed",
-            record.receipt_for(tx),
+            Verdict.UNRESOLVED,
+            "facilitator reports the authorization used or canceled and no settle answer "
+            "proves a transfer; " + RPC_HINT.format(network=record.network),
+            None,
         )
     if reason in NEVER_EXECUTABLE:
         return Verdict.VOID, f"authorization can never execute: {reason}", None
@@ -175,7 +221,7 @@ def _judge_verify(
         return (
             Verdict.UNRESOLVED,
             "authorization expired and the facilitator cannot tell whether it was used; "
-            "configure X402__RPC_URLS for proof",
+            + RPC_HINT.format(network=record.network),
             None,
         )
     return Verdict.RETRY, f"facilitator: {reason}", None

@@ -50,12 +50,40 @@ def test_nested_settings_are_read(monkeypatch):
     monkeypatch.setenv("X402__PAY_TO", ADDR)
     monkeypatch.setenv("X402__ASSET", ADDR)
     monkeypatch.setenv("X402__FACILITATOR_URL", "http://127.0.0.1:1")
+    monkeypatch.setenv("X402__NETWORK", "eip155:31337")
     monkeypatch.setenv("X402__RPC_URLS", '{"eip155:31337": "http://127.0.0.1:8545"}')
     monkeypatch.setenv("X402__RECONCILIATION__POLICY", "fulfill")
     s = load_settings()
     assert s.x402.enabled
     assert s.x402.rpc_urls == {"eip155:31337": "http://127.0.0.1:8545"}
     assert s.x402.reconciliation.policy == "fulfill"
+
+
+PAID = {"X402__PAY_TO": ADDR, "X402__ASSET": ADDR, "X402__FACILITATOR_URL": "http://f"}
+
+
+@pytest.mark.parametrize(
+    "rpc_urls",
+    [None, "{}", '{"eip155:1": "http://127.0.0.1:8545"}'],
+    ids=["unset", "empty", "other-network"],
+)
+def test_fulfill_without_chain_proof_is_refused(monkeypatch, rpc_urls):
+    for key, value in {**PAID, "X402__RECONCILIATION__POLICY": "fulfill"}.items():
+        monkeypatch.setenv(key, value)
+    if rpc_urls is not None:
+        monkeypatch.setenv("X402__RPC_URLS", rpc_urls)
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    message = str(info.value)
+    assert message.startswith("X402__RECONCILIATION__POLICY: fulfill needs chain proof"), message
+    assert "X402__RPC_URLS for eip155:84532" in message
+    assert "\n" not in message
+
+
+def test_record_policy_needs_no_chain(monkeypatch):
+    for key, value in PAID.items():
+        monkeypatch.setenv(key, value)
+    assert load_settings().x402.reconciliation.policy == "record"
 
 
 def test_defaults_are_sqlite_and_unpaid(monkeypatch):

@@ -110,17 +110,130 @@ def test_wall_clock_past_expiry_is_not_proof_chain_time_is():
     assert d.verdict is Verdict.RETRY
 
 
-def test_verify_consumed_is_orphaned_with_known_hash():
+NONCE_USED = "invalid_exact_evm_nonce_already_used"
+
+
+def settled(tx=TX, source="settle", success=True, **response) -> dict:
+    """A stored /settle answer: the facilitator's answer under its own key."""
+    body = {"success": success, "transaction": tx, "network": "eip155:31337", **response}
+    return {"source": source, "at": NOW.isoformat(), "response": body}
+
+
+def test_verify_consumed_with_a_pending_hash_is_unresolved_never_orphaned():
+    # A known hash is not proof: the payer may have canceled (even front-run the settle).
     r = record(settle_tx=TX)
-    d = decide(r, VerifyEvidence(False, "invalid_exact_evm_nonce_already_used"), NOW, RULES)
+    d = decide(r, VerifyEvidence(False, NONCE_USED), NOW, RULES)
+    assert d.verdict is Verdict.UNRESOLVED
+    assert d.receipt is None and d.next_check_at is None
+    assert "used or canceled" in d.reason
+    assert "X402__RPC_URLS for eip155:31337" in d.reason and "reconcile --once" in d.reason
+
+
+def test_verify_consumed_without_any_answer_is_unresolved_on_the_first_probe():
+    d = decide(record(), VerifyEvidence(False, NONCE_USED), NOW, RULES)
+    assert d.verdict is Verdict.UNRESOLVED
+    assert d.attempts == 1
+    assert d.receipt is None
+
+
+@pytest.mark.parametrize("source", ["settle", "settle-late"])
+def test_a_success_answer_with_a_hash_proves_the_orphan(source):
+    r = record(answers=[settled(source=source)])
+    d = decide(r, VerifyEvidence(False, NONCE_USED), NOW, RULES)
+    assert d.verdict is Verdict.ORPHANED
+    assert d.receipt is not None
+    assert (d.receipt.transaction, d.receipt.block_number) == (TX, None)
+    assert (d.receipt.payer, d.receipt.amount) == ("0x" + "33" * 20, "10000")
+    assert TX in d.reason
+
+
+def test_the_proving_hash_is_the_answers_not_a_pending_one():
+    other = "0x" + "cd" * 32
+    r = record(settle_tx=other, answers=[settled()])
+    d = decide(r, VerifyEvidence(False, NONCE_USED), NOW, RULES)
+    assert d.receipt is not None and d.receipt.transaction == TX
+
+
+def test_the_answer_hash_is_kept_lower_case():
+    r = record(answers=[settled(tx="0x" + "AB" * 32)])
+    d = decide(r, VerifyEvidence(False, NONCE_USED), NOW, RULES)
+    assert d.receipt is not None and d.receipt.transaction == TX
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        settled(success=False, errorReason="settlement_pending"),  # broadcast, not proven
+        settled(tx=""),  # success without a hash
+        settled(tx="0x1234"),  # not a transaction hash
+        settled(tx=None),
+        settled(success="true"),  # only a JSON true is a success
+        settled(source="reconciler"),  # our own words are no facilitator answer
+        settled(source="cancel"),
+        {"source": "settle", "success": True, "transaction": TX},  # not under "response"
+        {"source": "settle", "response": "success"},
+        {"source": "fulfil", "phase": "settle", "response": settled()["response"]},
+    ],
+    ids=[
+        "pending",
+        "no-hash",
+        "short-hash",
+        "null-hash",
+        "string-success",
+        "reconciler",
+        "cancel",
+        "flat",
+        "not-a-dict",
+        "fulfil",
+    ],
+)
+def test_answers_that_prove_nothing(answer):
+    d = decide(record(answers=[answer]), VerifyEvidence(False, NONCE_USED), NOW, RULES)
+    assert d.verdict is Verdict.UNRESOLVED
+
+
+def test_any_success_answer_among_several_is_proof():
+    answers = [settled(), settled(success=False, tx="", errorReason="timeout")]
+    d = decide(record(answers=answers), VerifyEvidence(False, NONCE_USED), NOW, RULES)
+    assert d.verdict is Verdict.ORPHANED
+
+
+def test_a_success_answer_proves_even_past_valid_before():
+    # The facilitator can no longer say whether it was used, but its own answer did.
+    reason = "invalid_exact_evm_payload_authorization_valid_before"
+    d = decide(record(answers=[settled()]), VerifyEvidence(False, reason), NOW, RULES)
+    assert d.verdict is Verdict.ORPHANED
+
+
+def test_a_success_answer_contradicted_by_verify_waits():
+    d = decide(record(answers=[settled()]), VerifyEvidence(True, None), NOW, RULES)
+    assert d.verdict is Verdict.RETRY
+    assert "says unused" in d.reason
+    assert d.next_check_at == NOW + timedelta(seconds=BACKOFF_SECONDS[0])
+
+
+@pytest.mark.parametrize("source", ["facilitator", "none"])
+def test_a_success_answer_needs_no_probe_without_a_chain(source):
+    d = decide(record(answers=[settled()]), ProbeFailure(source, "down"), NOW, RULES)
     assert d.verdict is Verdict.ORPHANED
     assert d.receipt is not None and d.receipt.transaction == TX
 
 
-def test_verify_consumed_without_hash_is_still_orphaned():
-    d = decide(record(), VerifyEvidence(False, "invalid_exact_evm_nonce_already_used"), NOW, RULES)
-    assert d.verdict is Verdict.ORPHANED
-    assert d.receipt is not None and d.receipt.transaction == ""
+def test_where_a_chain_is_configured_it_must_confirm_the_answer():
+    d = decide(record(answers=[settled()]), ProbeFailure("chain", "down"), NOW, RULES)
+    assert d.verdict is Verdict.RETRY
+    # The chain wins over the answer: here it shows the payer's cancellation.
+    canceled = chain(use=use(canceled=True, transfer_ok=False))
+    d = decide(record(answers=[settled()]), canceled, NOW, RULES)
+    assert d.verdict is Verdict.VOID
+    d = decide(record(answers=[settled()]), chain(used=False), NOW, RULES)
+    assert d.verdict is Verdict.RETRY
+
+
+def test_a_success_answer_under_fulfill_delivers():
+    d = decide(record(answers=[settled()]), VerifyEvidence(False, NONCE_USED), NOW, FULFILL)
+    assert d.verdict is Verdict.FULFIL
+    assert d.receipt is not None and d.receipt.transaction == TX
 
 
 def test_verify_valid_waits():
@@ -145,7 +258,7 @@ def test_verify_expired_cannot_prove_anything():
     reason = "invalid_exact_evm_payload_authorization_valid_before"
     d = decide(record(), VerifyEvidence(False, reason), NOW, RULES)
     assert d.verdict is Verdict.UNRESOLVED
-    assert "X402__RPC_URLS" in d.reason
+    assert "X402__RPC_URLS for eip155:31337" in d.reason
 
 
 def test_verify_other_reason_waits():
@@ -260,3 +373,107 @@ def test_record_policy_never_collects():
     old = record(created_at=NOW - timedelta(minutes=5))
     d = decide(old, chain(used=False, latest_time=T), NOW, RULES)
     assert d.verdict is Verdict.RETRY
+
+
+# Boundaries: each comparison in verdict.py is pinned on both sides.
+
+
+def test_confirmations_exactly_enough_is_orphaned():
+    # latest 100, mined in 99: two confirmations, the rule asks for two.
+    assert decide(record(), chain(use=use(block=99)), NOW, RULES).verdict is Verdict.ORPHANED
+    three = Rules(confirmations=3, max_attempts=5)
+    d = decide(record(), chain(use=use(block=99)), NOW, three)
+    assert d.verdict is Verdict.RETRY and "2/3 confirmations" in d.reason
+
+
+def test_zero_confirmations_still_need_the_block_on_the_node_we_ask():
+    # A node behind the one that reported the log: the block is not there yet.
+    d = decide(record(), chain(use=use(block=101), latest_block=100), NOW, Rules(confirmations=0))
+    assert d.verdict is Verdict.RETRY
+    assert "0/0 confirmations" in d.reason
+
+
+def test_expiry_boundary_is_chain_time_equal_to_valid_before():
+    r = record(valid_before=T)
+    assert decide(r, chain(used=False, latest_time=T), NOW, RULES).verdict is Verdict.VOID
+    assert decide(r, chain(used=False, latest_time=T - 1), NOW, RULES).verdict is Verdict.RETRY
+
+
+def test_attempt_cap_boundary():
+    one_left = record(attempts=3)  # the 4th attempt of 5
+    d = decide(one_left, VerifyEvidence(True, None), NOW, RULES)
+    assert d.verdict is Verdict.RETRY and d.attempts == 4
+
+
+def test_next_check_is_never_in_the_past():
+    # Already past validBefore + margin: the plain backoff, from now.
+    expired = record(valid_before=T - 100)
+    for attempts in range(1, len(BACKOFF_SECONDS) + 2):
+        at = next_check(expired, attempts, NOW, RULES)
+        assert at > NOW
+        assert at == NOW + timedelta(seconds=BACKOFF_SECONDS[min(attempts, 6) - 1])
+
+
+def test_next_check_at_the_expiry_moment_itself_takes_the_backoff():
+    # validBefore + margin == now: checking "at expiry" would be checking now, again.
+    r = record(valid_before=T - int(RULES.expiry_margin_seconds))
+    assert next_check(r, 1, NOW, RULES) == NOW + timedelta(seconds=BACKOFF_SECONDS[0])
+
+
+def test_next_check_expiry_later_than_the_backoff_keeps_the_backoff():
+    r = record(valid_before=T + 10)  # expiry check at +12 s, backoff 5 s
+    assert next_check(r, 1, NOW, RULES) == NOW + timedelta(seconds=5)
+
+
+def test_retry_decisions_carry_a_future_next_check():
+    for evidence in (VerifyEvidence(True, None), ProbeFailure("chain", "x"), chain(used=False)):
+        d = decide(record(valid_before=T - 100), evidence, NOW, RULES)
+        if d.verdict is Verdict.RETRY:
+            assert d.next_check_at is not None and d.next_check_at > NOW
+
+
+def test_collect_age_boundary():
+    exactly = record(created_at=NOW - timedelta(seconds=60))
+    d = decide(exactly, chain(used=False, latest_time=T), NOW, FULFILL)
+    assert d.verdict is Verdict.COLLECT
+    younger = record(created_at=NOW - timedelta(seconds=59))
+    assert decide(younger, chain(used=False, latest_time=T), NOW, FULFILL).verdict is Verdict.RETRY
+
+
+def test_collect_margin_boundary():
+    old = NOW - timedelta(minutes=5)
+    margin = int(FULFILL.collect_margin_seconds)
+    just_enough = record(created_at=old, valid_before=T + margin + 1)
+    d = decide(just_enough, chain(used=False, latest_time=T), NOW, FULFILL)
+    assert d.verdict is Verdict.COLLECT
+    too_close = record(created_at=old, valid_before=T + margin)
+    d = decide(too_close, chain(used=False, latest_time=T), NOW, FULFILL)
+    assert d.verdict is Verdict.RETRY
+
+
+def test_collect_uses_chain_time_not_wall_time():
+    old = NOW - timedelta(minutes=5)
+    r = record(created_at=old, valid_before=T + 100)
+    # The chain's clock is already near validBefore although ours is not.
+    d = decide(r, chain(used=False, latest_time=T + 80), NOW, FULFILL)
+    assert d.verdict is Verdict.RETRY
+
+
+def test_collect_needs_an_unused_authorization():
+    old = record(created_at=NOW - timedelta(minutes=5))
+    d = decide(old, VerifyEvidence(False, "invalid_exact_evm_insufficient_balance"), NOW, FULFILL)
+    assert d.verdict is Verdict.RETRY
+
+
+def test_fulfill_after_the_agent_started_never_collects():
+    started = record(
+        created_at=NOW - timedelta(minutes=5), answers=[{"source": "fulfil", "phase": "agent"}]
+    )
+    d = decide(started, chain(used=False, latest_time=T), NOW, FULFILL)
+    assert d.verdict is Verdict.RETRY
+
+
+def test_agent_started_needs_both_markers():
+    for answers in ([{"source": "fulfil", "phase": "claim"}], [{"source": "x", "phase": "agent"}]):
+        d = decide(record(answers=answers), chain(use=use(block=99)), NOW, FULFILL)
+        assert d.verdict is Verdict.FULFIL
