@@ -477,14 +477,6 @@ async def _export(args: argparse.Namespace, storage: Storage, io_: Output, now: 
     return 0
 
 
-async def _refund_of(storage: Storage, tx: str) -> PaymentRecord | None:
-    """A record that already holds ``tx`` as its refund."""
-    for record in await _all(storage, [PaymentStatus.REFUNDED], None):
-        if record.refund is not None and record.refund.transaction.lower() == tx:
-            return record
-    return None
-
-
 async def _mark_refunded(
     args: argparse.Namespace, storage: Storage, io_: Output, now: datetime, settings: Settings
 ) -> int:
@@ -497,10 +489,6 @@ async def _mark_refunded(
             f"payment {record.id} is {record.status.value}: only payment-orphaned payments"
             " can be marked refunded"
         )
-    earlier = await _refund_of(storage, args.tx)
-    if earlier is not None:
-        raise CommandError(f"transaction {args.tx} is already the refund of payment {earlier.id}")
-
     x402 = settings.x402
     rpc_url = x402.rpc_urls.get(record.network)
     amount, block = record.amount, None
@@ -515,11 +503,6 @@ async def _mark_refunded(
         if not check.accepted:
             raise CommandError(f"refused: {check.reason}")
         amount, block = str(check.amount), check.block_number
-    else:
-        io_.err(
-            f"warning: refund {args.tx} NOT checked on chain"
-            f" (no X402__RPC_URLS entry for {record.network}); recorded as unchecked"
-        )
     refund = Refund(
         transaction=args.tx,
         amount=amount,
@@ -529,8 +512,9 @@ async def _mark_refunded(
         note=args.note,
     )
     task = await storage.get_task(record.task_id)
-    if task is None:
-        io_.err(f"warning: task {record.task_id} not found; only the payment record is updated")
+    # The storage's refund ledger books the transaction in this same write: one refund
+    # per (network, tx), so of two operators using one transfer for two orphans, one wins
+    # and the other gets RefundTxTaken (reported as one line), whatever the timing.
     done = await storage.transition_payment(
         record.id,
         {PaymentStatus.ORPHANED},
@@ -542,6 +526,14 @@ async def _mark_refunded(
         current = await storage.get_payment(record.id)
         state = current.status.value if current else "gone"
         raise CommandError(f"payment {record.id} changed meanwhile (now {state}); nothing recorded")
+    # Warnings only once recorded: a refusal stays one line.
+    if rpc_url is None:
+        io_.err(
+            f"warning: refund {args.tx} NOT checked on chain"
+            f" (no X402__RPC_URLS entry for {record.network}); recorded as unchecked"
+        )
+    if task is None:
+        io_.err(f"warning: task {record.task_id} not found; only the payment record is updated")
     rows: list[tuple[str, object]] = [
         ("payment", done.id),
         ("task", done.task_id),

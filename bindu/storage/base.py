@@ -76,7 +76,10 @@ class Storage(Protocol):
         """Apply ``update`` only if the status is one of ``expected`` (and, when
         ``lease_owner`` is given, the lease is held by that owner). ``task``, when given,
         is saved (inserted or overwritten) in the same transaction, and so are ``events``.
-        Returns the new record, or None when the compare-and-set lost (nothing written)."""
+        Returns the new record, or None when the compare-and-set lost (nothing written). An
+        ``update.refund`` books its transaction in the refund ledger in that same
+        transaction: one refund per (network, tx), so if another payment already holds it
+        this raises RefundTxTaken and changes nothing."""
 
     async def claim_due_payments(
         self, *, now: datetime, limit: int, owner: str, lease_seconds: float

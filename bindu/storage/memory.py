@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from bindu.a2a import Task
-from bindu.errors import StorageError
+from bindu.errors import RefundTxTaken, StorageError
 from bindu.payments.events import OutboxEvent, OutboxItem, OutboxStatus
 from bindu.payments.records import (
     OPEN_STATUSES,
@@ -91,6 +91,8 @@ class MemoryStorage(CheckedStorage):
         self._push_configs: dict[str, dict[str, Any]] = {}
         self._outbox: dict[int, OutboxItem] = {}  # by seq, in write order
         self._outbox_keys: set[str] = set()
+        # The refund ledger: (network, refund tx) -> the payment it refunded.
+        self._refund_txs: dict[tuple[str, str], str] = {}
 
     async def open(self) -> None:
         """Nothing to connect to; re-opening keeps the data, like the SQL backends."""
@@ -190,7 +192,14 @@ class MemoryStorage(CheckedStorage):
                 return None
             if t.lease_owner is not None and record.lease_owner != t.lease_owner:
                 return None
+            refund_key = None
+            if update.refund is not None:
+                refund_key = (record.network, update.refund.transaction.lower())
+                if refund_key in self._refund_txs:
+                    raise RefundTxTaken(*refund_key, self._refund_txs[refund_key])
             updated = _apply(record, update, now)
+            if refund_key is not None:
+                self._refund_txs[refund_key] = t.payment_id
             self._payments[t.payment_id] = updated
             if t.task is not None:
                 existing = self._tasks.get(t.task.id)

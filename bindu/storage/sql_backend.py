@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeVar
 from loguru import logger
 
 from bindu.a2a import Task
-from bindu.errors import StorageError
+from bindu.errors import RefundTxTaken, StorageError
 from bindu.payments.events import OutboxEvent, OutboxItem, OutboxStatus
 from bindu.payments.records import PaymentRecord, PaymentStatus, StatusStats
 from bindu.storage.checked import (
@@ -204,10 +204,22 @@ class SqlStorage(CheckedStorage, Generic[Handle]):
             rows = await self._rows(tx, "transition_payment", params)
             if not rows:
                 return None
+            if t.update.refund is not None:
+                await self._book_refund(tx, rows[0], t)
             if t.task is not None:
                 await self._rows(tx, "upsert_task", self._task_params(t.task, t.now))
             await self._insert_events(tx, t.events, t.now)
         return self._decode_payment(rows[0])
+
+    async def _book_refund(self, tx: Handle, row: Row, t: Transition) -> None:
+        """The refund ledger's row, or RefundTxTaken, which rolls the transition back."""
+        assert t.update.refund is not None
+        key = {"network": row["network"], "tx": t.update.refund.transaction.lower()}
+        params = {**key, "payment_id": t.payment_id, "now": self._time(t.now)}
+        if await self._rows(tx, "record_refund_tx", params):
+            return
+        holder = await self._rows(tx, "refund_tx_holder", key)
+        raise RefundTxTaken(key["network"], key["tx"], holder[0]["payment_id"] if holder else "?")
 
     async def _lease_due(self, lease: DueLease) -> list[PaymentRecord]:
         params = {

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from bindu.a2a import Task, TaskState, TaskStatus
-from bindu.errors import StorageError
+from bindu.errors import RefundTxTaken, StorageError
 from bindu.payments.records import (
     FINAL_STATUSES,
     OPEN_STATUSES,
@@ -664,6 +664,89 @@ async def test_refund_times_come_back_in_utc(storage: Storage) -> None:
     stored = await storage.get_payment("p1")
     assert stored is not None and stored.status == S.ORPHANED and stored.refund == got.refund
     assert await storage.get_payment("p2") is None
+
+
+# The refund ledger (migration 6): one refund transaction per (network, tx)
+
+REFUND_TX = "0x" + "ee" * 32
+
+
+async def _orphans(storage: Storage, *ids: str, **changes: Any) -> None:
+    for payment_id in ids:
+        assert await storage.claim_payment(make_record(payment_id, status=S.ORPHANED, **changes))
+
+
+def _refunding(tx: str = REFUND_TX) -> PaymentUpdate:
+    return PaymentUpdate(status=S.REFUNDED, refund=make_refund(transaction=tx))
+
+
+async def test_one_refund_tx_refunds_one_payment(storage: Storage) -> None:
+    await _orphans(storage, "p1", "p2")
+    await storage.create_task(make_task("task-p2", state=TaskState.FAILED))
+    assert await storage.transition_payment("p1", [S.ORPHANED], _refunding(), now=at(1))
+    before = await storage.get_payment("p2")
+    refunded_task = make_task("task-p2", state=TaskState.COMPLETED)
+    # Any hex case is the same transaction.
+    for tx in (REFUND_TX, REFUND_TX.upper().replace("0X", "0x")):
+        with pytest.raises(RefundTxTaken) as info:
+            await storage.transition_payment(
+                "p2", [S.ORPHANED], _refunding(tx), now=at(2), task=refunded_task
+            )
+        assert info.value.holder == "p1" and info.value.tx == REFUND_TX
+        assert "already the refund of payment p1" in str(info.value)
+        assert isinstance(info.value, StorageError)
+    # Nothing changed: not the record, not the task saved with it.
+    assert await storage.get_payment("p2") == before
+    task = await storage.get_task("task-p2")
+    assert task is not None and task.state == TaskState.FAILED
+    # Another transaction refunds it.
+    other = "0x" + "ef" * 32
+    done = await storage.transition_payment("p2", [S.ORPHANED], _refunding(other), now=at(3))
+    assert done is not None and done.refund is not None and done.refund.transaction == other
+
+
+async def test_the_refund_ledger_is_per_network(storage: Storage) -> None:
+    await _orphans(storage, "p1")
+    await _orphans(storage, "p2", network="eip155:8453")
+    assert await storage.transition_payment("p1", [S.ORPHANED], _refunding(), now=at(1))
+    assert await storage.transition_payment("p2", [S.ORPHANED], _refunding(), now=at(2))
+
+
+async def test_a_lost_compare_and_set_books_no_refund(storage: Storage) -> None:
+    await _orphans(storage, "p1", "p2")
+    lost = await storage.transition_payment("p1", [S.FAILED], _refunding(), now=at(1))
+    assert lost is None
+    assert await storage.transition_payment("p2", [S.ORPHANED], _refunding(), now=at(2))
+
+
+async def test_a_refused_refund_update_books_nothing(storage: Storage) -> None:
+    await _orphans(storage, "p1", "p2")
+    naive = PaymentUpdate(status=S.REFUNDED, refund=make_refund(recorded_at=datetime(2026, 1, 1)))
+    with pytest.raises(StorageError):
+        await storage.transition_payment("p1", [S.ORPHANED], naive, now=at(1))
+    assert await storage.transition_payment("p2", [S.ORPHANED], _refunding(), now=at(2))
+
+
+async def test_two_writers_race_for_one_refund_tx(backend: Backend) -> None:
+    """Two operators (two connections/pools, as two CLI processes) record one transfer as
+    the refund of two orphans at once: exactly one wins, the other is told who holds it."""
+    first = await backend.handle()
+    second = await backend.handle()
+    for round_ in range(5):
+        ids = (f"a{round_}", f"b{round_}")
+        await _orphans(first, *ids)
+        tx = "0x" + f"{round_:02x}" * 32
+        results = await asyncio.gather(
+            first.transition_payment(ids[0], [S.ORPHANED], _refunding(tx), now=at(1)),
+            second.transition_payment(ids[1], [S.ORPHANED], _refunding(tx), now=at(1)),
+            return_exceptions=True,
+        )
+        won = [r for r in results if isinstance(r, PaymentRecord)]
+        lost = [r for r in results if isinstance(r, RefundTxTaken)]
+        assert len(won) == 1 and len(lost) == 1, results
+        assert lost[0].holder == won[0].id
+        statuses = {r.id: r.status for r in await first.list_payments(statuses=[S.REFUNDED])}
+        assert set(statuses) >= {won[0].id} and not set(statuses) & (set(ids) - {won[0].id})
 
 
 # payment-fulfilling (migration 2)

@@ -13,7 +13,7 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from bindu.a2a import TaskState
-from bindu.errors import StorageError
+from bindu.errors import RefundTxTaken, StorageError
 from bindu.payments.records import PaymentRecord, PaymentStatus, PaymentUpdate, Receipt, StatusStats
 from bindu.storage import sqlite as sqlite_backend
 from bindu.storage.codec import normalize_payment, payment_params, utc_opt
@@ -225,6 +225,7 @@ async def test_postgres_tables_live_in_the_schema(sql_backend: Backend) -> None:
         "outbox",
         "payments",
         "push_configs",
+        "refund_txs",
         "tasks",
     ]
 
@@ -390,3 +391,42 @@ async def test_corrupt_push_config_raises(sql_backend: Backend) -> None:
         await sql_backend.execute("UPDATE push_configs SET config = '[1]'::jsonb")
     with pytest.raises(StorageError, match="push config of task t1"):
         await storage.get_push_config("t1")
+
+
+async def test_upgrade_carries_old_refunds_into_the_ledger(sql_backend: Backend) -> None:
+    """Refunds recorded before migration 6 (checked by a scan, so one hash may be there
+    twice) enter the ledger: the earliest holds the hash, and it refunds nothing new."""
+    storage = sql_backend.make()
+    queries = load_queries(_dialect(sql_backend))
+    storage._q = dataclasses.replace(queries, migrations=queries.migrations[:2])  # type: ignore[attr-defined]
+    await storage.open()
+    await storage.close()
+    tx = "0x" + "ab" * 32
+    old = [
+        make_record("first", status=S.REFUNDED, refund=make_refund(transaction=tx)),
+        make_record(
+            "twice",
+            status=S.REFUNDED,
+            updated_at=at(5),
+            refund=make_refund(transaction=tx.upper().replace("0X", "0x")),
+        ),
+        make_record("orphan", status=S.ORPHANED),
+    ]
+    encode_time = sqlite_backend.encode_time if sql_backend.name == "sqlite" else utc_opt
+    encode_json = sqlite_backend.encode_json if sql_backend.name == "sqlite" else Jsonb
+    for record in old:
+        params = payment_params(normalize_payment(record), time=encode_time, json=encode_json)
+        await _insert_v1(sql_backend, "payments", params)
+
+    upgraded = await sql_backend.handle()
+    rows = await sql_backend.execute("SELECT network, tx, payment_id FROM refund_txs")
+    assert [tuple(row.values()) if isinstance(row, dict) else tuple(row) for row in rows] == [
+        ("eip155:84532", tx, "first")
+    ]
+    with pytest.raises(RefundTxTaken, match="already the refund of payment first"):
+        await upgraded.transition_payment(
+            "orphan",
+            [S.ORPHANED],
+            PaymentUpdate(status=S.REFUNDED, refund=make_refund(transaction=tx)),
+            now=at(10),
+        )

@@ -21,6 +21,7 @@ from bindu.payments.records import (
 )
 from bindu.payments.refunds import (
     TRANSFER_TOPIC,
+    PaymentPosition,
     check_refund_on_chain,
     judge_refund,
     refunded_task,
@@ -201,6 +202,56 @@ def test_unreadable_receipt_is_refused() -> None:
     raw = receipt(transfer(PAY_TO, PAYER, AMOUNT))
     raw["status"] = "yes"
     check = judge(raw)
+    assert not check.accepted and "unreadable" in check.reason
+
+
+# Block order: a refund is mined after the payment's own transfer
+
+
+def positioned(block: int, index: int | None) -> dict[str, Any]:
+    raw = receipt(transfer(PAY_TO, PAYER, AMOUNT), block=block)
+    if index is not None:
+        raw["transactionIndex"] = hex(index)
+    return raw
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_a_transfer_from_an_earlier_block_is_refused(shape: Any) -> None:
+    check = judge(positioned(39, 0), shape, paid_at=PaymentPosition(40, 0))
+    assert not check.accepted
+    assert "mined in block 39, before the payment's own transfer (block 40)" in check.reason
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_earlier_in_the_same_block_is_refused_later_is_accepted(shape: Any) -> None:
+    paid = PaymentPosition(40, 3)
+    assert not judge(positioned(40, 2), shape, paid_at=paid).accepted
+    assert judge(positioned(40, 4), shape, paid_at=paid).accepted
+    # The payment's own index (never the refund in practice) and unknown indexes pass.
+    assert judge(positioned(40, 3), shape, paid_at=paid).accepted
+    assert judge(positioned(40, None), shape, paid_at=paid).accepted
+    assert judge(positioned(40, 0), shape, paid_at=PaymentPosition(40)).accepted
+
+
+def test_a_later_block_is_accepted_whatever_its_index() -> None:
+    assert judge(positioned(41, 0), paid_at=PaymentPosition(40, 9)).accepted
+
+
+def test_without_the_payments_block_its_creation_time_bounds_the_refund() -> None:
+    made = int(T0.timestamp())
+    paid = PaymentPosition(not_before=made)
+    check = judge(positioned(40, 0), paid_at=paid, block_time=made - 1)
+    assert not check.accepted and "before the payment was made" in check.reason
+    assert judge(positioned(40, 0), paid_at=paid, block_time=made).accepted
+    # Nothing known about the payment's time: nothing to refuse on.
+    assert judge(positioned(40, 0), paid_at=paid).accepted
+    assert judge(positioned(40, 0), paid_at=PaymentPosition(), block_time=0).accepted
+
+
+def test_unreadable_transaction_index_is_refused() -> None:
+    raw = positioned(40, 0)
+    raw["transactionIndex"] = "first"
+    check = judge(raw, paid_at=PaymentPosition(40, 0))
     assert not check.accepted and "unreadable" in check.reason
 
 

@@ -120,6 +120,26 @@ CREATE INDEX outbox_pending_stream ON outbox (stream, seq) WHERE status = 'pendi
 CREATE INDEX outbox_pending_due ON outbox (next_attempt_at, seq) WHERE status = 'pending';
 CREATE INDEX outbox_task ON outbox (task_id, seq);
 
+-- migration: 6
+-- Issue 9: the refund ledger. One refund transaction per (network, tx), enforced here: the
+-- row is inserted in the transaction that records payment-refunded, so two operators can
+-- never book one transfer as the refund of two orphans (the second insert waits for the
+-- first transaction, then finds the key taken). Refunds recorded before this migration
+-- are carried over (the first one wins if an old scan let a hash in twice).
+CREATE TABLE refund_txs (
+    network text NOT NULL,
+    tx text NOT NULL,
+    payment_id text NOT NULL,
+    recorded_at timestamptz NOT NULL,
+    PRIMARY KEY (network, tx)
+);
+INSERT INTO refund_txs (network, tx, payment_id, recorded_at)
+SELECT network, lower(refund ->> 'transaction'), id, updated_at
+FROM payments
+WHERE jsonb_typeof(refund) = 'object' AND jsonb_typeof(refund -> 'transaction') = 'string'
+ORDER BY updated_at, id
+ON CONFLICT (network, tx) DO NOTHING;
+
 -- name: insert_task
 INSERT INTO tasks (id, context_id, state, data, created_at, updated_at)
 VALUES (%(id)s, %(context_id)s, %(state)s, %(data)s, %(now)s, %(now)s)
@@ -321,3 +341,13 @@ WHERE (%(task_id)s::text IS NULL OR task_id = %(task_id)s::text)
     AND (%(status)s::text IS NULL OR status = %(status)s::text)
 ORDER BY seq
 LIMIT %(limit)s::integer OFFSET %(offset)s::integer;
+
+-- name: record_refund_tx
+-- Inside transition_payment's transaction: no row back means another payment holds it.
+INSERT INTO refund_txs (network, tx, payment_id, recorded_at)
+VALUES (%(network)s, %(tx)s, %(payment_id)s, %(now)s)
+ON CONFLICT (network, tx) DO NOTHING
+RETURNING payment_id;
+
+-- name: refund_tx_holder
+SELECT payment_id FROM refund_txs WHERE network = %(network)s AND tx = %(tx)s;

@@ -103,6 +103,25 @@ CREATE INDEX outbox_pending_stream ON outbox (stream, seq) WHERE status = 'pendi
 CREATE INDEX outbox_pending_due ON outbox (next_attempt_at, seq) WHERE status = 'pending';
 CREATE INDEX outbox_task ON outbox (task_id, seq);
 
+-- migration: 6
+-- Issue 9: the refund ledger. One refund transaction per (network, tx), enforced here: the
+-- row is inserted in the transaction that records payment-refunded, so two operators can
+-- never book one transfer as the refund of two orphans. Refunds recorded before this
+-- migration are carried over (the first one wins if an old scan let a hash in twice).
+CREATE TABLE refund_txs (
+    network TEXT NOT NULL,
+    tx TEXT NOT NULL,
+    payment_id TEXT NOT NULL,
+    recorded_at TEXT NOT NULL,
+    PRIMARY KEY (network, tx)
+);
+INSERT OR IGNORE INTO refund_txs (network, tx, payment_id, recorded_at)
+SELECT network, lower(json_extract(refund, '$.transaction')), id, updated_at
+FROM payments
+WHERE refund IS NOT NULL AND json_valid(refund)
+    AND json_type(refund, '$.transaction') = 'text'
+ORDER BY updated_at, id;
+
 -- name: insert_task
 INSERT INTO tasks (id, context_id, state, data, created_at, updated_at)
 VALUES (:id, :context_id, :state, :data, :now, :now)
@@ -285,3 +304,13 @@ SELECT * FROM outbox
 WHERE (:task_id IS NULL OR task_id = :task_id) AND (:status IS NULL OR status = :status)
 ORDER BY seq
 LIMIT :limit OFFSET :offset;
+
+-- name: record_refund_tx
+-- Inside transition_payment's transaction: no row back means another payment holds it.
+INSERT INTO refund_txs (network, tx, payment_id, recorded_at)
+VALUES (:network, :tx, :payment_id, :now)
+ON CONFLICT (network, tx) DO NOTHING
+RETURNING payment_id;
+
+-- name: refund_tx_holder
+SELECT payment_id FROM refund_txs WHERE network = :network AND tx = :tx;
