@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -35,6 +36,8 @@ from bindu.payments.records import (
     Receipt,
 )
 from bindu.payments.task_meta import with_payment_meta
+from bindu.storage.base import Storage
+from bindu.storage.postgres import PostgresStorage
 from bindu.storage.sqlite import SqliteStorage
 from tests.support.payments import (
     AMOUNT,
@@ -43,6 +46,7 @@ from tests.support.payments import (
     sign,
     store_failed_payment,
 )
+from tests.support.postgres import PG_URL, fresh_schema
 from tests.support.servers import REPO
 
 S = PaymentStatus
@@ -490,7 +494,7 @@ async def test_mark_refunded_only_orphans(ledger: Ledger, payment_id: str) -> No
 
 
 async def orphan_on_devnet(
-    devnet: Devnet, storage: SqliteStorage, payer: Any
+    devnet: Devnet, storage: Storage, payer: Any
 ) -> tuple[PaymentRecord, str]:
     """A real payment whose settle answer was lost, then proven and marked orphaned (what
     the reconciler does); returns the record and the signature of its payload."""
@@ -609,3 +613,90 @@ async def test_mark_refunded_checks_the_refund_on_chain(devnet: Devnet, tmp_path
     assert [row[1] for row in csv.reader(io.StringIO(refunded.out))][1:] == [first.id]
     shown = await bindu_payments(env, "show", first.id, secrets=secrets)
     assert shown.code == 0 and refund_tx.lower() in shown.out
+
+
+@pytest.mark.devnet
+async def test_mark_refunded_refuses_a_transfer_older_than_the_payment(
+    devnet: Devnet, tmp_path: Path
+) -> None:
+    db = tmp_path / "bindu.db"
+    storage = SqliteStorage(str(db))
+    await storage.open()
+    payer = await devnet.new_payer(10 * AMOUNT)
+    first, sig1 = await orphan_on_devnet(devnet, storage, payer)  # the payee now holds AMOUNT
+    # payTo -> payer, the right token and amount, but mined before the next payment.
+    early = await token_transfer(devnet, payer.address, AMOUNT)
+    second, sig2 = await orphan_on_devnet(devnet, storage, payer)
+    await storage.close()
+    env = clean_env(**devnet.server_env(STORAGE__URL=f"sqlite:///{db}"))
+    assert second.receipt is not None and second.receipt.block_number is not None
+    run = await bindu_payments(env, "mark-refunded", second.id, "--tx", early, secrets=(sig1, sig2))
+    line = one_line_error(run)
+    assert line.startswith(f"bindu payments: refused: transaction {early.lower()} was mined")
+    assert f"before the payment's own transfer (block {second.receipt.block_number})" in line
+    record, _ = await stored(db, second.id)
+    assert record is not None and record.status is S.ORPHANED and record.refund is None
+    # The same transfer, mined after the first payment, refunds that one.
+    run = await bindu_payments(env, "mark-refunded", first.id, "--tx", early, secrets=(sig1, sig2))
+    assert run.code == 0, run.err
+
+
+@asynccontextmanager
+async def ledger_storage(backend: str, tmp_path: Path) -> AsyncIterator[tuple[Storage, str, dict]]:
+    """A storage for the race, with the STORAGE__ variables that reach it from a CLI."""
+    if backend == "sqlite":
+        db = tmp_path / "bindu.db"
+        storage: Storage = SqliteStorage(str(db))
+        await storage.open()
+        try:
+            yield storage, f"sqlite:///{db}", {}
+        finally:
+            await storage.close()
+        return
+    async with fresh_schema("bindu_refund") as schema:
+        storage = PostgresStorage(PG_URL, schema=schema, pool_size=2)
+        await storage.open()
+        try:
+            yield storage, PG_URL, {"STORAGE__SCHEMA": schema}
+        finally:
+            await storage.close()
+
+
+@pytest.mark.devnet
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+async def test_two_operators_one_refund_tx_two_orphans(
+    devnet: Devnet, tmp_path: Path, backend: str
+) -> None:
+    """Issue 9, must hold 7: two ``mark-refunded`` processes at once book one refund
+    transfer for two orphans of the same payer and amount: exactly one succeeds, the other
+    is told which payment holds the transaction, and its orphan is left as it was."""
+    payer = await devnet.new_payer(10 * AMOUNT)
+    async with ledger_storage(backend, tmp_path) as (storage, url, extra):
+        first, sig1 = await orphan_on_devnet(devnet, storage, payer)
+        second, sig2 = await orphan_on_devnet(devnet, storage, payer)
+        refund_tx = await token_transfer(devnet, payer.address, AMOUNT)  # returns one payment
+        env = clean_env(**devnet.server_env(STORAGE__URL=url, **extra))
+        runs = await asyncio.gather(
+            *(
+                bindu_payments(env, "mark-refunded", p.id, "--tx", refund_tx, secrets=(sig1, sig2))
+                for p in (first, second)
+            )
+        )
+        winners = [p for p, run in zip((first, second), runs, strict=True) if run.code == 0]
+        losers = [(p, run) for p, run in zip((first, second), runs, strict=True) if run.code != 0]
+        assert len(winners) == 1 and len(losers) == 1, runs
+        [(loser, lost)] = losers
+        line = one_line_error(lost)
+        assert line == (
+            f"bindu payments: transaction {refund_tx.lower()} is already the refund of"
+            f" payment {winners[0].id}"
+        )
+        won = await storage.get_payment(winners[0].id)
+        left = await storage.get_payment(loser.id)
+        assert won is not None and won.status is S.REFUNDED and won.refund is not None
+        assert won.refund.transaction == refund_tx.lower() and won.refund.checked_on_chain
+        assert left is not None and left.status is S.ORPHANED and left.refund is None
+        task = await storage.get_task(loser.task_id)
+        assert task is not None and META_REFUND not in task.metadata
