@@ -36,6 +36,7 @@ FORGED = 1_000
 DEFAULTS = RateLimitSettings()
 CONCURRENCY = 16
 INVALID_SIGNATURE = "payment invalid: invalid_exact_evm_payload_signature"
+METRICS_TOKEN = "forged-payments-metrics-token"
 
 
 @pytest.fixture
@@ -43,6 +44,7 @@ async def server(devnet: Devnet, tmp_path) -> AsyncIterator[ServerProcess]:
     env = devnet.server_env(
         STORAGE__URL=f"sqlite:///{tmp_path}/bindu.db",
         X402__RECONCILIATION__ENABLED="false",
+        METRICS__TOKEN=METRICS_TOKEN,
     )
     proc = await ServerProcess("bindu.examples.echo:agent", env, tmp_path / "server.log").start()
     yield proc
@@ -122,7 +124,8 @@ async def test_forged_payments_cost_nothing_and_real_payers_still_pay(
                 honest.send_text("a real payment, meanwhile"),
             )
         elapsed = time.monotonic() - started
-        metrics = (await http.get(server.url + "/metrics")).text
+        scrape = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+        metrics = (await http.get(server.url + "/metrics", headers=scrape)).text
 
     # Until the budget is spent: 402, the signature named as the reason.
     assert [r.status_code for r in first] == [402] * DEFAULTS.client_burst
