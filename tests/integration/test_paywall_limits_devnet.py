@@ -21,6 +21,8 @@ from tests.support.settings import settings_from_env
 pytestmark = pytest.mark.devnet
 
 AMOUNT = 10_000
+# A token per 100 minutes: no bucket refills while a test runs, however slow the machine.
+NO_REFILL = "0.01"
 
 
 @asynccontextmanager
@@ -58,7 +60,7 @@ def with_signature(payment: PaymentPayload, signature: str) -> PaymentPayload:
 
 async def test_a_payer_the_facilitator_refuses_is_limited_from_every_address(devnet, tmp_path):
     broke = await devnet.new_payer(AMOUNT - 1)
-    async with server(devnet, tmp_path, payer_burst="2") as url:
+    async with server(devnet, tmp_path, payer_burst="2", payer_per_minute=NO_REFILL) as url:
         verifies = devnet.stats.verify
         for n in (3, 4):
             async with from_address(f"127.0.0.{n}") as http:
@@ -81,7 +83,9 @@ async def test_a_payer_the_facilitator_refuses_is_limited_from_every_address(dev
 
 async def test_smart_wallet_signatures_reach_the_facilitator_rationed(devnet, tmp_path):
     payer = await devnet.new_payer(10 * AMOUNT)
-    async with server(devnet, tmp_path, smart_wallet_burst="2") as url:
+    async with server(
+        devnet, tmp_path, smart_wallet_burst="2", smart_wallet_per_minute=NO_REFILL
+    ) as url:
         verifies = devnet.stats.verify
         for n in (6, 7):
             # 64 bytes: an ERC-1271 wallet's signature for all a local check can tell.
@@ -105,7 +109,8 @@ async def test_smart_wallet_signatures_reach_the_facilitator_rationed(devnet, tm
 
 async def test_forwarded_for_is_believed_only_from_a_listed_proxy(devnet, tmp_path):
     victim = Account.create()
-    async with server(devnet, tmp_path, client_burst="1", trusted_proxies="127.0.0.1") as url:
+    limits = {"client_burst": "1", "client_per_minute": NO_REFILL, "trusted_proxies": "127.0.0.1"}
+    async with server(devnet, tmp_path, **limits) as url:
         real = await sign(url, victim)
         forged = with_signature(real, (await sign(url, Account.create())).payload["signature"])
 
