@@ -6,8 +6,8 @@ agent, blocking ``message/send``, LOG_LEVEL=WARNING. The paid one uses bench.fak
 (its own process), which answers ``/supported``, ``/verify`` and ``/settle`` at once with
 success and a fresh transaction hash. Clients: ``CONCURRENCY`` keep-alive connections over
 loopback sending a fixed number of requests; paid requests carry a ``PAYMENT-SIGNATURE``
-made ahead of time (a real SDK-signed payload from the server's own 402, nonce varied per
-request), so signing costs nothing during the run. Paid and unpaid runs alternate.
+signed ahead of time by the SDK client (one per request, each with its own nonce, for the
+server's own 402), so signing costs nothing during the run. Paid and unpaid runs alternate.
 
 The profile: one more paid run against a third server under cProfile (the event loop's
 thread), its time attributed to facilitator HTTP round trips, storage, payload decode,
@@ -33,7 +33,6 @@ from typing import Any
 import httpx
 from eth_account import Account
 from x402.http.utils import encode_payment_signature_header
-from x402.schemas import PaymentPayload
 
 from bench.common import (
     AMOUNT,
@@ -99,7 +98,9 @@ def _check(paid: bool) -> Any:
     return ok
 
 
-async def _payment_template(url: str) -> dict[str, Any]:
+async def _payment_headers(url: str, count: int) -> list[dict[str, str]]:
+    """``count`` payments signed ahead of time by the SDK client, each with its own nonce
+    (the paywall checks every signature locally, so a varied nonce would be a forgery)."""
     async with httpx.AsyncClient(timeout=30) as http:
         response = await http.post(
             url + "/",
@@ -113,18 +114,11 @@ async def _payment_template(url: str) -> dict[str, Any]:
     if response.status_code != 402:
         raise RuntimeError(f"expected 402 from the paid server, got {response.status_code}")
     required = parse_payment_required(response)
-    async with PayingClient(url, Account.create()) as client:
-        signed = await client.sign(required)
-    return signed.model_dump(mode="json", by_alias=True, exclude_none=True)
-
-
-def _headers(template: dict[str, Any], count: int) -> list[dict[str, str]]:
     out = []
-    for _ in range(count):
-        doc = json.loads(json.dumps(template))
-        doc["payload"]["authorization"]["nonce"] = "0x" + os.urandom(32).hex()
-        header = encode_payment_signature_header(PaymentPayload.model_validate(doc))
-        out.append({"PAYMENT-SIGNATURE": header})
+    async with PayingClient(url, Account.create()) as client:
+        for _ in range(count):
+            header = encode_payment_signature_header(await client.sign(required))
+            out.append({"PAYMENT-SIGNATURE": header})
     return out
 
 
@@ -160,6 +154,7 @@ CATEGORIES: dict[str, Any] = {
         ("bindu/payments/paywall.py", "_decode"),
         ("bindu/payments/paywall.py", "_authorization"),
         ("bindu/payments/paywall.py", "_check_authorization"),
+        ("bindu/payments/signature.py", "check_signature"),
         ("x402/server_base.py", "find_matching_requirements"),
     ),
     "agent (echo, run in a thread)": _named(("bindu/agent.py", "call_agent")),
@@ -250,10 +245,9 @@ async def measure(quick: bool = False) -> FigureResult:
             ):
                 await wait_healthy(urls["paid"], paid_proc, log=f"{tmp}/paid.log")
                 await wait_healthy(urls["unpaid"], unpaid_proc, log=f"{tmp}/unpaid.log")
-                template = await _payment_template(urls["paid"])
                 warm = 50
                 total = warm + n * runs
-                paid_headers = _headers(template, total)
+                paid_headers = await _payment_headers(urls["paid"], total)
                 plan = {
                     "paid": [(_body(i), paid_headers[i]) for i in range(total)],
                     "unpaid": [(_body(i), {}) for i in range(total)],
@@ -278,8 +272,7 @@ async def measure(quick: bool = False) -> FigureResult:
             env = _server_env(f"{tmp}/profiled.db", port, fac)
             async with child(_serve_args(profile_path), env, log=f"{tmp}/profiled.log") as proc:
                 await wait_healthy(url, proc, log=f"{tmp}/profiled.log")
-                template = await _payment_template(url)
-                headers = _headers(template, n)
+                headers = await _payment_headers(url, n)
                 requests = [(_body(i), headers[i]) for i in range(n)]
                 await http_load(url, requests[:20], CONCURRENCY, _check(True))  # warm-up
                 proc.send_signal(signal.SIGUSR1)  # start profiling: start-up stays out
