@@ -28,6 +28,7 @@ FIGURES = (
     ("3", "bench.detection"),
     ("4", "bench.wide_pass"),
     ("5", "bench.throughput"),
+    ("6", "bench.forged"),
     ("1", "bench.pass_cost"),
 )
 
