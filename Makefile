@@ -9,7 +9,7 @@ PY := $(BIN)/python
 STAMP_PY := $(VENV)/.installed
 STAMP_NPM := node_modules/.installed
 
-.PHONY: all install test demo lint fmt bench clean
+.PHONY: all install test demo lint fmt bench mutate clean
 
 all: test
 
@@ -37,6 +37,11 @@ demo: install
 bench: install
 	$(PY) -m bench.run
 
+# Mutation testing of the money-critical modules against the fast tests, fresh each time;
+# not part of `make test` (minutes, not seconds). Score and survivors: docs/mutation.md.
+mutate: install
+	$(PY) -m bench.mutation
+
 lint: install
 	$(BIN)/pre-commit run --all-files
 
@@ -45,4 +50,4 @@ fmt: install
 	$(BIN)/ruff check --fix bindu tests bench
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache mutants

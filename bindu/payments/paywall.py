@@ -183,7 +183,7 @@ class Paywall:
         throttled = self.throttled(client)
         if throttled is not None:
             return throttled
-        checked = self._check_locally(raw)
+        checked = self._check_locally(raw, int(now.timestamp()))
         if isinstance(checked, Refusal):
             self.limits.clients.charge(client)
             return checked
@@ -229,9 +229,10 @@ class Paywall:
             self.limits.clients.refund(client)
         return outcome
 
-    def _check_locally(self, raw: str) -> _Checked | Refusal:
+    def _check_locally(self, raw: str, now: int) -> _Checked | Refusal:
         """Everything judged without I/O, cheapest first: the header, the requirements, the
-        authorization's fields, then the signature (a forged one is refused here)."""
+        authorization's fields (validity window against ``now``, unix seconds), then the
+        signature (a forged one is refused here)."""
         decoded = _decode(raw)
         if isinstance(decoded, Refusal):
             return decoded
@@ -242,7 +243,7 @@ class Paywall:
         inner = _authorization(payload)
         if isinstance(inner, Refusal):
             return inner
-        problem = self._check_authorization(inner, requirements)
+        problem = self._check_authorization(inner, requirements, now)
         if problem:
             return Refusal(402, problem)
         signature = check_signature(inner.authorization, inner.signature or "", requirements)
@@ -269,7 +270,7 @@ class Paywall:
             if refused is not None:
                 logger.info("x402 verify refused: payer={} reason={}", record.payer, refused)
                 return Refusal(402, f"payment invalid: {refused}")
-            logger.warning("x402 verify unavailable: {}", _short(exc))
+            logger.warning("x402 verify unavailable: {}: {}", type(exc).__name__, str(exc)[:200])
             return Refusal(503, "payment facilitator unavailable; nothing was charged")
         if not verified.verify.is_valid:
             await self._storage.release_claim(record.id)
@@ -279,7 +280,7 @@ class Paywall:
         return Admission(record=record, payload=payload, requirements=requirements)
 
     def _check_authorization(
-        self, inner: ExactEIP3009Payload, requirements: PaymentRequirements
+        self, inner: ExactEIP3009Payload, requirements: PaymentRequirements, now: int
     ) -> str | None:
         # Checked here too, so an obviously wrong payment never reaches the facilitator.
         auth = inner.authorization
@@ -300,7 +301,6 @@ class Paywall:
             return "payment invalid: authorization pays the wrong recipient"
         if value != int(requirements.amount):
             return "payment invalid: authorization value does not match the price"
-        now = int(time.time())
         if valid_before < now + MIN_VALIDITY_LEFT_SECONDS:
             return "payment invalid: authorization expired"
         if valid_after > now:
@@ -364,21 +364,12 @@ def _decode(raw: str) -> PaymentPayload | Refusal:
 
 
 def _authorization(payload: PaymentPayload) -> ExactEIP3009Payload | Refusal:
+    malformed = Refusal(402, "malformed payment: not an EIP-3009 authorization")
     try:
         inner = ExactEIP3009Payload.from_dict(payload.payload)
-        if not all(
-            isinstance(v, str)
-            for v in (
-                inner.authorization.from_address,
-                inner.authorization.to,
-                inner.authorization.nonce,
-            )
-        ):
-            raise TypeError("authorization fields must be strings")
     except (KeyError, TypeError, ValueError, AttributeError, ValidationError):
-        return Refusal(402, "malformed payment: not an EIP-3009 authorization")
+        return malformed
+    auth = inner.authorization
+    if not all(isinstance(v, str) for v in (auth.from_address, auth.to, auth.nonce)):
+        return malformed
     return inner
-
-
-def _short(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:200]

@@ -41,8 +41,8 @@ def _tx(value: Any) -> str | None:
 
 
 def from_response(response: SettleResponse) -> SettleOutcome:
+    # The SDK never serializes extension_responses (its side channel): nothing to drop.
     answer = response.model_dump(mode="json", by_alias=True, exclude_none=True)
-    answer.pop("extensionResponses", None)
     tx = _tx(response.transaction)
     if response.success:
         return SettleOutcome(SettleKind.SETTLED, None, tx, answer)
@@ -61,7 +61,7 @@ def http_error_body(exc: Exception) -> tuple[int, str, dict[str, Any] | None] | 
     try:
         doc = json.loads(body)
     except json.JSONDecodeError:
-        doc = None
+        return status, body, None
     return status, body, doc if isinstance(doc, dict) else None
 
 
