@@ -20,8 +20,8 @@ client up front and given back when the facilitator accepts.
 from __future__ import annotations
 
 import asyncio
+import base64
 import binascii
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,13 +33,14 @@ from pydantic import ValidationError
 from x402 import x402ResourceServer
 from x402.http import HTTPFacilitatorClient
 from x402.http.constants import PAYMENT_REQUIRED_HEADER, PAYMENT_SIGNATURE_HEADER, X_PAYMENT_HEADER
-from x402.http.utils import decode_payment_signature_header, encode_payment_required_header
+from x402.http.utils import encode_payment_required_header
 from x402.mechanisms.evm.constants import ERR_INVALID_SIGNATURE
 from x402.mechanisms.evm.exact import register_exact_evm_server
 from x402.mechanisms.evm.types import ExactEIP3009Payload
 from x402.schemas import PaymentPayload, PaymentRequirements, ResourceConfig, ResourceInfo
 
 from bindu.a2a import new_id
+from bindu.jsontext import JsonRefused, strict_loads
 from bindu.payments.ratelimit import Clock, RefusalLimits
 from bindu.payments.records import PaymentRecord, PaymentStatus
 from bindu.payments.settle import SettleOutcome, settle_with_deadline, verify_refusal
@@ -55,6 +56,8 @@ CLOCK_SKEW_SECONDS = 60
 UNKNOWN_CLIENT = "unknown"
 REPLAYED = "payment authorization already used (replay)"
 SMART_WALLET_BUCKET = "all"
+# A v2 payment payload nests about 5 deep; far deeper is hostile.
+PAYMENT_HEADER_MAX_DEPTH = 32
 
 
 @dataclass(frozen=True)
@@ -348,19 +351,34 @@ def new_record(
 
 
 def _decode(raw: str) -> PaymentPayload | Refusal:
+    # The SDK's decode_payment_signature_header is base64 + json.loads + model_validate;
+    # done here with strict_loads so a hostile header cannot nest deep (a C-stack overflow),
+    # carry lone surrogates into a stored record, or raise past 4,300 digits.
     try:
-        payload = decode_payment_signature_header(raw)
-    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-        # ValidationError and JSONDecodeError are ValueErrors too.
-        kind = "JSON" if isinstance(exc, json.JSONDecodeError) else "content"
-        if isinstance(exc, binascii.Error | UnicodeDecodeError):
-            kind = "base64"
-        return Refusal(402, f"malformed payment header: invalid {kind}")
-    except (TypeError, AttributeError):
+        text = base64.b64decode(raw.encode("utf-8"), validate=False)
+    except (binascii.Error, UnicodeEncodeError):
+        return Refusal(402, "malformed payment header: invalid base64")
+    try:
+        data = strict_loads(text, max_depth=PAYMENT_HEADER_MAX_DEPTH)
+    except JsonRefused as exc:
+        kind = "base64" if exc.problem == "syntax" and not _utf8(text) else "JSON"
+        return Refusal(402, f"malformed payment header: invalid {kind} ({exc.problem})")
+    if not isinstance(data, dict):
         return Refusal(402, "malformed payment header: not an x402 payment payload")
-    if not isinstance(payload, PaymentPayload):
+    if data.get("x402Version", 2) == 1:
         return Refusal(402, "x402 v1 payment payloads are not accepted; send x402Version 2")
-    return payload
+    try:
+        return PaymentPayload.model_validate(data)
+    except (ValueError, TypeError):  # pydantic's ValidationError is a ValueError
+        return Refusal(402, "malformed payment header: invalid content")
+
+
+def _utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _authorization(payload: PaymentPayload) -> ExactEIP3009Payload | Refusal:

@@ -10,7 +10,7 @@ from typing import Any
 
 from loguru import logger
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from x402.http.constants import (
@@ -105,6 +105,8 @@ class RpcEndpoint:
                 jsonrpc.error(None, jsonrpc.INVALID_REQUEST, f"request body over {limit} bytes"),
                 413,
             )
+        except ClientDisconnect:  # gone before its body arrived: nobody to answer
+            return Response(status_code=400)
         request_id: jsonrpc.RequestId = None
         try:
             rpc = jsonrpc.parse_request(body, max_depth=self._tm.settings.server.max_json_depth)

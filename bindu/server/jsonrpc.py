@@ -7,13 +7,12 @@ surrogates, ids), so nothing hostile reaches a handler or a write.
 
 from __future__ import annotations
 
-import json
-import math
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from bindu.a2a import MAX_ID_LENGTH
+from bindu.jsontext import JsonRefused, encodable, strict_loads
+from bindu.jsontext import dump as dump
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -33,20 +32,8 @@ RequestId = str | int | None
 
 # Integer ids must fit a signed 64-bit column or variable on the client's side.
 MAX_INTEGER_ID = 2**63 - 1
-# Longer integer literals are refused while parsing: Python's own guard (4,300 digits)
-# raises a ValueError that json does not wrap, and no field of ours needs more.
-MAX_INTEGER_DIGITS = 64
 # Only this much of an unknown method name is echoed back in the error.
 ECHO_CHARS = 64
-
-# One JSON string, closed or running to the end of the body; possessive, so a failed
-# match never backtracks (a body of 1 MB of quotes and backslashes stays linear).
-_STRING = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+(?:"|\\?\Z)', re.DOTALL)
-_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
-_OPEN = frozenset(b"[{")
-# A \u escape in the high or low surrogate range: the only way a lone surrogate gets
-# past a strict UTF-8 decode.
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
 @dataclass(frozen=True)
@@ -69,98 +56,21 @@ class RpcError(Exception):
         self.request_id = request_id
 
 
-class _Refused(ValueError):
-    """A literal json accepts but we do not (NaN, infinities, endless integers)."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def nested_deeper_than(body: bytes, limit: int) -> bool:
-    """Whether any array/object in ``body`` nests deeper than ``limit`` (strings skipped).
-
-    Runs before ``json.loads``, whose C parser recurses once per level. Unbalanced
-    brackets count as nesting: such a body is refused either way.
-    """
-    if body.count(b"[") + body.count(b"{") <= limit:
-        return False
-    skeleton = _STRING.sub(b"", body).translate(None, _NOT_BRACKET)
-    depth = 0
-    for byte in skeleton:
-        if byte in _OPEN:
-            depth += 1
-            if depth > limit:
-                return True
-        else:
-            depth -= 1
-    return False
-
-
-def _refuse_constant(name: str) -> Any:
-    raise _Refused(PARSE_ERROR, f"Parse error: {name} is not JSON")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise _Refused(INVALID_REQUEST, "Invalid Request: number out of range")
-    return value
-
-
-def _bounded_int(text: str) -> int:
-    if len(text.lstrip("-")) > MAX_INTEGER_DIGITS:
-        raise _Refused(INVALID_REQUEST, "Invalid Request: integer too long")
-    return int(text)
-
-
-def _unencodable_path(value: Any, path: tuple[str, ...] = ()) -> tuple[str, ...] | None:
-    """Where the first string (key or value) that UTF-8 cannot encode sits, if any."""
-    if isinstance(value, str):
-        return None if _encodable(value) else path
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not _encodable(key):
-                return (*path, "<key>")
-            found = _unencodable_path(item, (*path, key))
-            if found is not None:
-                return found
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            found = _unencodable_path(item, (*path, str(index)))
-            if found is not None:
-                return found
-    return None
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _check_unicode(text: str, doc: Any) -> None:
-    if not _SURROGATE_ESCAPE.search(text):
-        return
-    path = _unencodable_path(doc)
-    if path is None:
-        return
-    where = ".".join(path[:8])[:200]
-    if len(path) > 1 and path[0] == "params":
-        raise RpcError(
-            INVALID_PARAMS,
-            f"Invalid params: {where}: string is not valid Unicode (lone surrogate)",
-            request_id=_safe_id(doc),
-        )
-    raise RpcError(
-        INVALID_REQUEST, f"Invalid Request: {where}: string is not valid Unicode (lone surrogate)"
-    )
+def _refusal(exc: JsonRefused, doc_id: RequestId) -> RpcError:
+    if exc.problem == "syntax":
+        return RpcError(PARSE_ERROR, f"Parse error: {exc}")
+    if exc.problem == "unicode":
+        where = ".".join(exc.path[:8])[:200]
+        if len(exc.path) > 1 and exc.path[0] == "params":
+            return RpcError(INVALID_PARAMS, f"Invalid params: {where}: {exc}", request_id=doc_id)
+        return RpcError(INVALID_REQUEST, f"Invalid Request: {where}: {exc}")
+    return RpcError(INVALID_REQUEST, f"Invalid Request: {exc}")
 
 
 def _safe_id(doc: Any) -> RequestId:
     """The request id if it can be echoed back as is, else None."""
+    if not isinstance(doc, dict):
+        return None
     try:
         return _request_id(doc)
     except RpcError:
@@ -176,7 +86,7 @@ def _request_id(doc: dict[str, Any]) -> RequestId:
     if isinstance(request_id, int) and abs(request_id) > MAX_INTEGER_ID:
         raise RpcError(INVALID_REQUEST, "Invalid Request: id must fit in 64 bits")
     if isinstance(request_id, str) and (
-        len(request_id) > MAX_ID_LENGTH or not _encodable(request_id)
+        len(request_id) > MAX_ID_LENGTH or not encodable(request_id)
     ):
         raise RpcError(
             INVALID_REQUEST,
@@ -187,26 +97,13 @@ def _request_id(doc: dict[str, Any]) -> RequestId:
 
 def parse_request(body: bytes, *, max_depth: int = 32) -> RpcRequest:
     """Parse one JSON-RPC request (batches are not supported: A2A does not use them)."""
-    if nested_deeper_than(body, max_depth):
-        raise RpcError(INVALID_REQUEST, f"Invalid Request: nested deeper than {max_depth} levels")
     try:
-        # Strict UTF-8: json.loads(bytes) would also take UTF-16/32 and encoded surrogates.
-        text = body.decode("utf-8")
-        doc = json.loads(
-            text,
-            parse_constant=_refuse_constant,
-            parse_float=_finite_float,
-            parse_int=_bounded_int,
-        )
-    except _Refused as exc:
-        raise RpcError(exc.code, str(exc)) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RpcError(PARSE_ERROR, f"Parse error: {exc}") from None
-    except RecursionError:  # unreachable below the depth limit; never a crash if it is not
-        raise RpcError(INVALID_REQUEST, "Invalid Request: nested too deeply") from None
+        doc = strict_loads(body, max_depth=max_depth)
+    except JsonRefused as exc:
+        # A bad string inside params still leaves a usable id.
+        raise _refusal(exc, _safe_id(exc.doc)) from None
     if not isinstance(doc, dict):
         raise RpcError(INVALID_REQUEST, "Invalid Request: expected a JSON object")
-    _check_unicode(text, doc)
     request_id = _request_id(doc)
     if doc.get("jsonrpc") != "2.0":
         raise RpcError(
@@ -239,41 +136,3 @@ def error(request_id: RequestId, code: int, message: str, data: Any = None) -> d
     if data is not None:
         err["data"] = data
     return {"jsonrpc": "2.0", "id": request_id, "error": err}
-
-
-def dump(doc: Any) -> bytes:
-    """Encode a response; values that JSON or UTF-8 cannot carry are replaced, not fatal.
-
-    Input is screened, but a stored task may predate that (or an agent may produce a lone
-    surrogate): one such task must not break ``tasks/list`` for everyone.
-    """
-    try:
-        return _dumps(doc)
-    except (UnicodeEncodeError, ValueError, RecursionError):
-        return _dumps(_clean(doc, 0))
-
-
-def _dumps(doc: Any) -> bytes:
-    return json.dumps(doc, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
-
-
-# Responses nest far less than this; deeper stored values are cut rather than recursed into.
-_CLEAN_DEPTH = 64
-
-
-def _clean(value: Any, depth: int) -> Any:
-    if isinstance(value, str):
-        return value if _encodable(value) else _replace_surrogates(value)
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if depth >= _CLEAN_DEPTH:
-        return None if isinstance(value, dict | list | tuple) else value
-    if isinstance(value, dict):
-        return {_clean(str(k), depth): _clean(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v, depth + 1) for v in value]
-    return value
-
-
-def _replace_surrogates(text: str) -> str:
-    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")

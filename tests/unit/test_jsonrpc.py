@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from bindu import jsontext
 from bindu.server import jsonrpc
 from bindu.server.jsonrpc import RpcError, parse_request
 
@@ -56,7 +57,7 @@ def test_valid_request():
     ],
 )
 def test_nesting_depth(body, deeper):
-    assert jsonrpc.nested_deeper_than(body, 32) is deeper
+    assert jsontext.nested_deeper_than(body, 32) is deeper
 
 
 @pytest.mark.parametrize(
@@ -99,8 +100,8 @@ def test_a_surrogate_pair_is_fine_and_the_id_is_echoed_for_bad_params():
 
 def test_dump_replaces_what_cannot_be_encoded():
     doc = {"t": "a\ud800b", "n": float("nan"), "k\udfff": [float("inf"), 1.5]}
-    assert json.loads(jsonrpc.dump(doc)) == {"t": "a\ufffdb", "n": None, "k\ufffd": [None, 1.5]}
-    assert jsonrpc.dump({"x": "é"}) == '{"x":"é"}'.encode()
+    assert json.loads(jsontext.dump(doc)) == {"t": "a\ufffdb", "n": None, "k\ufffd": [None, 1.5]}
+    assert jsontext.dump({"x": "é"}) == '{"x":"é"}'.encode()
 
 
 def test_method_not_found_echoes_a_bounded_name():
