@@ -49,6 +49,35 @@ class Storage(Protocol):
     ) -> list[Task]:
         """Tasks oldest first (created_at, then id)."""
 
+    # The durable task queue (the tasks table is the queue; see migration 4)
+
+    async def claim_due_tasks(
+        self, *, now: datetime, limit: int, owner: str, lease_seconds: float
+    ) -> list[Task]:
+        """Lease up to ``limit`` tasks the queue owns, oldest first: ``submitted`` ones whose
+        lease is free or expired, and ``working`` ones whose lease expired (their run died
+        with its process). Two concurrent callers never receive the same task while its
+        lease holds. A ``working`` task without a lease is never returned."""
+
+    async def renew_task_lease(
+        self, task_id: str, *, owner: str, now: datetime, lease_seconds: float
+    ) -> bool:
+        """Extend the lease of a submitted or working task held by ``owner``; False if
+        the lease is someone else's (or none) or the task is finished."""
+
+    async def release_task_lease(self, task_id: str, *, owner: str) -> bool:
+        """Drop ``owner``'s lease: a submitted task is due again at once, a working one
+        is no longer the queue's (its payment's status decides who owns it)."""
+
+    async def transition_task(
+        self, task: Task, *, expected: Collection[TaskState], lease_owner: str | None = None
+    ) -> bool:
+        """Overwrite the task's document only if its stored state is one of ``expected``
+        (and, when ``lease_owner`` is given, that owner holds its lease): compare-and-set."""
+
+    async def count_queued(self) -> int:
+        """Number of ``submitted`` tasks (the queue's length, for SERVER__MAX_QUEUED)."""
+
     # Payments
 
     async def claim_payment(self, record: PaymentRecord) -> bool:

@@ -116,6 +116,29 @@ class CheckedStorage(ABC):
         state_value = None if state is None else str(state)
         return await self._list_tasks(TaskPage(context_id, state_value, limit, offset))
 
+    # The task queue
+
+    async def claim_due_tasks(
+        self, *, now: datetime, limit: int, owner: str, lease_seconds: float
+    ) -> list[Task]:
+        check_page(limit, 0)
+        now = utc(now)
+        return await self._lease_tasks(
+            DueLease(now, limit, owner, now + timedelta(seconds=lease_seconds))
+        )
+
+    async def renew_task_lease(
+        self, task_id: str, *, owner: str, now: datetime, lease_seconds: float
+    ) -> bool:
+        expires_at = utc(now) + timedelta(seconds=lease_seconds)
+        return await self._renew_task_lease(task_id, owner, expires_at)
+
+    async def transition_task(
+        self, task: Task, *, expected: Collection[TaskState], lease_owner: str | None = None
+    ) -> bool:
+        states = sorted(str(s) for s in expected)
+        return await self._transition_task(task, states, lease_owner, utc(self._clock()))
+
     # Payments
 
     async def claim_payment(self, record: PaymentRecord) -> bool:
@@ -217,6 +240,19 @@ class CheckedStorage(ABC):
 
     @abstractmethod
     async def _list_tasks(self, page: TaskPage) -> list[Task]: ...
+
+    @abstractmethod
+    async def _lease_tasks(self, lease: DueLease) -> list[Task]:
+        """Oldest first (created_at, then id)."""
+
+    @abstractmethod
+    async def _renew_task_lease(self, task_id: str, owner: str, expires_at: datetime) -> bool: ...
+
+    @abstractmethod
+    async def _transition_task(
+        self, task: Task, expected: list[str], lease_owner: str | None, now: datetime
+    ) -> bool:
+        """``expected`` holds TaskState values."""
 
     @abstractmethod
     async def _insert_payment(self, record: PaymentRecord) -> bool:

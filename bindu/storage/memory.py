@@ -44,6 +44,16 @@ class _StoredTask:
     state: str
     created_at: datetime
     updated_at: datetime
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+
+    def due(self, now: datetime) -> bool:
+        """What claim_due_tasks takes (as the SQL backends' WHERE clause)."""
+        if self.lease_expires_at is not None and self.lease_expires_at > now:
+            return False
+        return self.state == "submitted" or (
+            self.state == "working" and self.lease_owner is not None
+        )
 
 
 def _unique_key(record: PaymentRecord) -> _UniqueKey:
@@ -103,12 +113,15 @@ class MemoryStorage(CheckedStorage):
     # Tasks
 
     def _put_task(self, task: Task, now: datetime, *, created_at: datetime) -> None:
+        previous = self._tasks.get(task.id)  # its lease, if any, is kept (as in SQL)
         self._tasks[task.id] = _StoredTask(
             data=task.wire(),
             context_id=task.context_id,
             state=str(task.state),
             created_at=created_at,
             updated_at=now,
+            lease_owner=previous.lease_owner if previous else None,
+            lease_expires_at=previous.lease_expires_at if previous else None,
         )
 
     async def _insert_task(
@@ -148,6 +161,58 @@ class MemoryStorage(CheckedStorage):
             )
             chosen = rows[page.offset : page.offset + page.limit]
             return [Task.model_validate(copy.deepcopy(t.data)) for _, _, t in chosen]
+
+    # The task queue
+
+    async def _lease_tasks(self, lease: DueLease) -> list[Task]:
+        async with self._lock:
+            due = sorted(
+                (
+                    (t.created_at, task_id, t)
+                    for task_id, t in self._tasks.items()
+                    if t.due(lease.now)
+                ),
+                key=lambda row: (row[0], row[1]),
+            )[: lease.limit]
+            for _, _, stored in due:
+                stored.lease_owner = lease.owner
+                stored.lease_expires_at = lease.expires_at
+            return [Task.model_validate(copy.deepcopy(t.data)) for _, _, t in due]
+
+    async def _renew_task_lease(self, task_id: str, owner: str, expires_at: datetime) -> bool:
+        async with self._lock:
+            stored = self._tasks.get(task_id)
+            if stored is None or stored.lease_owner != owner:
+                return False
+            if stored.state not in ("submitted", "working"):
+                return False
+            stored.lease_expires_at = expires_at
+            return True
+
+    async def release_task_lease(self, task_id: str, *, owner: str) -> bool:
+        async with self._lock:
+            stored = self._tasks.get(task_id)
+            if stored is None or stored.lease_owner != owner:
+                return False
+            stored.lease_owner = None
+            stored.lease_expires_at = None
+            return True
+
+    async def _transition_task(
+        self, task: Task, expected: list[str], lease_owner: str | None, now: datetime
+    ) -> bool:
+        async with self._lock:
+            stored = self._tasks.get(task.id)
+            if stored is None or stored.state not in expected:
+                return False
+            if lease_owner is not None and stored.lease_owner != lease_owner:
+                return False
+            self._put_task(task, now, created_at=stored.created_at)
+            return True
+
+    async def count_queued(self) -> int:
+        async with self._lock:
+            return sum(1 for t in self._tasks.values() if t.state == "submitted")
 
     # Payments
 

@@ -170,6 +170,43 @@ class SqlStorage(CheckedStorage, Generic[Handle]):
         name = "list_tasks" if page.context_id is None else "list_tasks_for_context"
         return [self._decode_task(row) for row in await self._one(name, params)]
 
+    # The task queue
+
+    async def _lease_tasks(self, lease: DueLease) -> list[Task]:
+        params = {
+            "now": self._time(lease.now),
+            "limit": lease.limit,
+            "owner": lease.owner,
+            "lease_expires_at": self._time(lease.expires_at),
+        }
+        rows = await self._one("claim_due_tasks", params, write=True)
+        # RETURNING does not promise an order.
+        ordered = sorted(
+            rows, key=lambda row: (self._dialect.load_time(row["created_at"]), row["id"])
+        )
+        return [self._decode_task(row) for row in ordered]
+
+    async def _renew_task_lease(self, task_id: str, owner: str, expires_at: datetime) -> bool:
+        params = {"id": task_id, "owner": owner, "lease_expires_at": self._time(expires_at)}
+        return bool(await self._one("renew_task_lease", params, write=True))
+
+    async def release_task_lease(self, task_id: str, *, owner: str) -> bool:
+        return bool(
+            await self._one("release_task_lease", {"id": task_id, "owner": owner}, write=True)
+        )
+
+    async def _transition_task(
+        self, task: Task, expected: list[str], lease_owner: str | None, now: datetime
+    ) -> bool:
+        params = self._task_params(task, now)
+        params["expected"] = self._dialect.text_list(expected)
+        params["lease_owner"] = lease_owner
+        return bool(await self._one("transition_task", params, write=True))
+
+    async def count_queued(self) -> int:
+        rows = await self._one("count_queued")
+        return int(rows[0]["n"])
+
     # Payments
 
     async def _insert_payment(self, record: PaymentRecord) -> bool:

@@ -96,6 +96,15 @@ CREATE TABLE push_configs (
     updated_at timestamptz NOT NULL
 );
 
+-- migration: 4
+-- Issue 9: the tasks table is the durable queue. A worker leases a task (owner and
+-- expiry); a submitted task whose lease is free or expired is due, and so is a working
+-- task whose lease expired (the process running it died). A working task with no lease
+-- at all is owned by its payment's status (the reconciler), never by the queue.
+ALTER TABLE tasks ADD COLUMN lease_owner text;
+ALTER TABLE tasks ADD COLUMN lease_expires_at timestamptz;
+CREATE INDEX tasks_queue ON tasks (created_at, id) WHERE state IN ('submitted', 'working');
+
 -- migration: 5
 -- The durable outbox (issue 9): push notifications and operator alerts, written in the
 -- transaction of the change they report, delivered by the outbox service. A stream (one
@@ -351,3 +360,45 @@ RETURNING payment_id;
 
 -- name: refund_tx_holder
 SELECT payment_id FROM refund_txs WHERE network = %(network)s AND tx = %(tx)s;
+
+-- name: claim_due_tasks
+-- SKIP LOCKED: concurrent replicas pass over rows another one is leasing right now (as
+-- claim_due_payments). Uses the partial index tasks_queue.
+WITH due AS (
+    SELECT id FROM tasks
+    WHERE state IN ('submitted', 'working')
+        AND (lease_expires_at IS NULL OR lease_expires_at <= %(now)s::timestamptz)
+        AND (state = 'submitted' OR lease_owner IS NOT NULL)
+    ORDER BY created_at, id
+    LIMIT %(limit)s::integer
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE tasks AS t
+SET lease_owner = %(owner)s::text, lease_expires_at = %(lease_expires_at)s::timestamptz
+FROM due
+WHERE t.id = due.id
+RETURNING t.created_at, t.id, t.data;
+
+-- name: renew_task_lease
+UPDATE tasks SET lease_expires_at = %(lease_expires_at)s::timestamptz
+WHERE id = %(id)s::text AND lease_owner = %(owner)s::text
+    AND state IN ('submitted', 'working')
+RETURNING id;
+
+-- name: release_task_lease
+UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL
+WHERE id = %(id)s::text AND lease_owner = %(owner)s::text
+RETURNING id;
+
+-- name: transition_task
+-- The compare-and-set on a task's state (and lease, when an owner is named).
+UPDATE tasks
+SET context_id = %(context_id)s, state = %(state)s, data = %(data)s, updated_at = %(now)s
+WHERE id = %(id)s::text
+    AND state = ANY(%(expected)s::text[])
+    AND (%(lease_owner)s::text IS NULL OR lease_owner = %(lease_owner)s::text)
+RETURNING id;
+
+-- name: count_queued
+SELECT count(*) AS n FROM tasks
+WHERE state IN ('submitted', 'working') AND state = 'submitted';

@@ -78,6 +78,16 @@ CREATE TABLE push_configs (
     updated_at TEXT NOT NULL
 );
 
+-- migration: 4
+-- Issue 9: the tasks table is the durable queue. A worker leases a task (owner and
+-- expiry); a submitted task whose lease is free or expired is due, and so is a working
+-- task whose lease expired (the process running it died). A working task with no lease
+-- at all is owned by its payment's status (the reconciler), never by the queue.
+ALTER TABLE tasks ADD COLUMN lease_owner TEXT;
+ALTER TABLE tasks ADD COLUMN lease_expires_at TEXT;
+-- The state list must match claim_due_tasks and count_queued verbatim (see payments_due).
+CREATE INDEX tasks_queue ON tasks (created_at, id) WHERE state IN ('submitted', 'working');
+
 -- migration: 5
 -- The durable outbox (issue 9): push notifications and operator alerts, written in the
 -- transaction of the change they report, delivered by the outbox service. A stream (one
@@ -314,3 +324,41 @@ RETURNING payment_id;
 
 -- name: refund_tx_holder
 SELECT payment_id FROM refund_txs WHERE network = :network AND tx = :tx;
+
+-- name: claim_due_tasks
+-- Run inside BEGIN IMMEDIATE (as claim_due_payments): select-and-lease is one step
+-- across processes. INDEXED BY pins tasks_queue.
+UPDATE tasks
+SET lease_owner = :owner, lease_expires_at = :lease_expires_at
+WHERE id IN (
+    SELECT id FROM tasks INDEXED BY tasks_queue
+    WHERE state IN ('submitted', 'working')
+        AND (lease_expires_at IS NULL OR lease_expires_at <= :now)
+        AND (state = 'submitted' OR lease_owner IS NOT NULL)
+    ORDER BY created_at, id
+    LIMIT :limit
+)
+RETURNING created_at, id, data;
+
+-- name: renew_task_lease
+UPDATE tasks SET lease_expires_at = :lease_expires_at
+WHERE id = :id AND lease_owner = :owner AND state IN ('submitted', 'working')
+RETURNING id;
+
+-- name: release_task_lease
+UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL
+WHERE id = :id AND lease_owner = :owner
+RETURNING id;
+
+-- name: transition_task
+-- The compare-and-set on a task's state (and lease, when an owner is named).
+UPDATE tasks
+SET context_id = :context_id, state = :state, data = :data, updated_at = :now
+WHERE id = :id
+    AND state IN (SELECT value FROM json_each(:expected))
+    AND (:lease_owner IS NULL OR lease_owner = :lease_owner)
+RETURNING id;
+
+-- name: count_queued
+SELECT count(*) AS n FROM tasks INDEXED BY tasks_queue
+WHERE state IN ('submitted', 'working') AND state = 'submitted';
