@@ -64,3 +64,9 @@ def record_payment_stats(stats: dict[PaymentStatus, StatusStats], now: datetime)
         OLDEST_PAYMENT_SECONDS.labels(status.value).set(
             (now - oldest).total_seconds() if oldest else 0.0
         )
+
+
+# The durable task queue (issue 9).
+QUEUE_REFUSALS = Counter(
+    "bindu_queue_refusals_total", "message/send refused with 503: queue full or shutting down"
+)

@@ -66,6 +66,15 @@ class ServerSettings(BaseModel):
     blocking_timeout_seconds: float = Field(default=60.0, gt=0)
     agent_name: str = "bindu agent"
     agent_description: str = "An agent served by bindu, paid per task with x402."
+    # The durable task queue (issue 9). message/send answers 503 beyond this many
+    # submitted tasks, before any payment work.
+    max_queued: int = Field(default=1000, ge=1, le=10_000_000)
+    # SIGTERM: runs in flight get this long to finish; then paid ones end in a verdict.
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0, le=86_400)
+    # A worker's hold on a task, renewed while it runs; once it expires another takes it.
+    task_lease_seconds: float = Field(default=30.0, ge=1, le=86_400)
+    # How often idle workers look for tasks queued by other replicas or left by a crash.
+    queue_poll_seconds: float = Field(default=1.0, gt=0, le=3600)
 
     # input: hostile-input bounds (JSON-RPC bodies are refused past these, before parsing)
     max_json_depth: int = Field(default=32, ge=4, le=256)

@@ -24,7 +24,7 @@ from x402.schemas import SettleResponse
 from bindu import __version__
 from bindu.a2a import MessageSendParams, new_id, utcnow
 from bindu.agent import Agent
-from bindu.metrics import PAYWALL_RATE_LIMITED, PAYWALL_REFUSALS
+from bindu.metrics import PAYWALL_RATE_LIMITED, PAYWALL_REFUSALS, QUEUE_REFUSALS
 from bindu.payments.paywall import Refusal
 from bindu.payments.records import META_ERROR, META_RECEIPTS, META_STATUS, PaymentStatus
 from bindu.server import jsonrpc
@@ -40,7 +40,7 @@ from bindu.server.observability import (
     metrics_endpoint,
 )
 from bindu.server.services import Service
-from bindu.server.task_manager import TaskManager
+from bindu.server.task_manager import Busy, TaskManager
 from bindu.settings import Settings
 from bindu.storage.base import Storage
 
@@ -114,9 +114,19 @@ class RpcEndpoint:
             handler = self._table.get(rpc.method)
             if handler is None:
                 raise jsonrpc.method_not_found(rpc.method)
+            if rpc.method == "message/send":
+                # Before any payment work: nothing is accepted (or charged) that cannot run.
+                await self._tm.check_capacity()
             if rpc.method in self._protected:
                 return await self._paid(request, rpc, client)
             return rpc_response(jsonrpc.result(rpc.id, await handler(rpc.params)))
+        except Busy as busy:
+            QUEUE_REFUSALS.inc()
+            return rpc_response(
+                jsonrpc.error(request_id, jsonrpc.SERVER_BUSY, busy.reason),
+                503,
+                headers={"Retry-After": str(busy.retry_after)},
+            )
         except RpcError as exc:
             rid = exc.request_id if exc.request_id is not None else request_id
             return rpc_response(jsonrpc.error(rid, exc.code, exc.message, exc.data))
@@ -288,15 +298,18 @@ def create_app(
     async def health(request: Request) -> Response:
         manager: TaskManager = state["manager"]
         paywall = manager.paywall
+        draining = manager.draining
         return JSONResponse(
             {
-                "status": "ok",
+                # A load balancer stops sending work to a draining replica.
+                "status": "draining" if draining else "ok",
                 "services": manager.supervisor.running,
                 "x402": {
                     "enabled": paywall is not None,
                     "ready": bool(paywall and await paywall.ready()),
                 },
-            }
+            },
+            status_code=503 if draining else 200,
         )
 
     return Starlette(

@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
+from loguru import logger
 from pydantic import BaseModel, ValidationError
 
 from bindu.a2a import (
@@ -21,8 +22,10 @@ from bindu.a2a import (
     new_id,
     utcnow,
 )
+from bindu.failpoints import failpoint
 from bindu.payments.paywall import Admission
-from bindu.payments.records import META_ERROR, META_STATUS, PaymentStatus, PaymentUpdate
+from bindu.payments.records import META_STATUS, PaymentStatus, PaymentUpdate
+from bindu.payments.task_meta import with_payment_meta
 from bindu.server.jsonrpc import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -34,6 +37,8 @@ from bindu.server.jsonrpc import (
 from bindu.server.task_manager import TaskManager
 
 M = TypeVar("M", bound=BaseModel)
+
+_CANCEL_REASON = "task canceled before settlement; never sent to /settle"
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
@@ -120,6 +125,7 @@ class Handlers:
         push = params.configuration.push_notification_config
         if push is not None:
             await self._storage.set_push_config(task.id, push.wire())
+        await failpoint("after-queue")  # tests: killed with the task queued, not yet started
         await self._tm.submit(task.id)
         if params.configuration.blocking:
             await self._tm.wait(task.id, self._tm.settings.server.blocking_timeout_seconds)
@@ -156,33 +162,38 @@ class Handlers:
         task = await self._storage.get_task(params.id)
         if task is None:
             raise RpcError(TASK_NOT_FOUND, f"Task not found: {params.id}")
-        if task.state is not TaskState.SUBMITTED or not self._tm.withdraw(task.id):
-            raise RpcError(TASK_NOT_CANCELABLE, f"Task cannot be canceled in state {task.state}")
         canceled = task.with_status(TaskState.CANCELED, "canceled by the client")
         payment = await self._storage.get_payment_for_task(task.id)
+        if payment is not None:
+            canceled = with_payment_meta(canceled, PaymentStatus.FAILED, error=_CANCEL_REASON)
+        # Compare-and-set against the queue: a worker that started the task first wins.
+        won = task.state is TaskState.SUBMITTED and await self._storage.transition_task(
+            canceled, expected={TaskState.SUBMITTED}
+        )
+        if not won:
+            state = task.state if task.state is not TaskState.SUBMITTED else TaskState.WORKING
+            raise RpcError(TASK_NOT_CANCELABLE, f"Task cannot be canceled in state {state}")
         if payment is None:
-            await self._storage.save_task(canceled)
             self._tm.notify(canceled)
             return render(canceled)
         # Never sent to /settle; whether the authorization is spent elsewhere is for the
         # reconciler to prove (void once it expires unused).
         now = utcnow()
-        reason = "task canceled before settlement; never sent to /settle"
-        canceled.metadata[META_STATUS] = PaymentStatus.FAILED.value
-        canceled.metadata[META_ERROR] = reason
-        await self._storage.transition_payment(
+        moved = await self._storage.transition_payment(
             payment.id,
             {PaymentStatus.VERIFIED},
             PaymentUpdate(
                 status=PaymentStatus.FAILED,
-                error=reason,
+                error=_CANCEL_REASON,
                 next_check_at=now,
                 # Marks the work as unwanted: even the fulfill policy must not settle it.
                 answer={"source": "cancel", "at": now.isoformat()},
             ),
             now=now,
-            task=canceled,
         )
+        if moved is None:
+            # The task is canceled, so no worker will settle it; the payment's owner judges it.
+            logger.warning("payment {} moved on before the cancel reached it", payment.id)
         self._tm.notify(canceled)
         return render(canceled)
 

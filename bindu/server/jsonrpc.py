@@ -27,6 +27,8 @@ UNSUPPORTED_OPERATION = -32004
 PAYMENT_UNAVAILABLE = -32010
 # bindu: too many refused payments from this client or payer (HTTP 429, Retry-After).
 RATE_LIMITED = -32011
+# bindu: no new work now (queue full, or shutting down); retry later. Nothing was charged.
+SERVER_BUSY = -32012
 
 RequestId = str | int | None
 

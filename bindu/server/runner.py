@@ -75,14 +75,9 @@ class TaskRunner:
         # A payment-verified record untouched this long is presumed abandoned (crash).
         self._stale_after = stale_after
 
-    async def run(self, task_id: str) -> None:
-        task = await self._storage.get_task(task_id)
-        if task is None or task.state is not TaskState.SUBMITTED:
-            return  # canceled or already taken
-        task = task.with_status(TaskState.WORKING)
-        await self._storage.save_task(task)
-        self._notify(task)
-        payment = await self._storage.get_payment_for_task(task_id)
+    async def run(self, task: Task) -> None:
+        """Run a task the queue has leased and stored as ``working``."""
+        payment = await self._storage.get_payment_for_task(task.id)
         if payment is not None:
             settled = await self._settle(task, payment)
             if settled is None:

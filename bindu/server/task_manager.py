@@ -1,29 +1,39 @@
-"""TaskManager: the async context manager that owns storage, the scheduler (an asyncio
-queue), the workers that run the agent, the paywall, and the background services."""
+"""TaskManager: the async context manager that owns storage, the durable task queue and its
+workers, the paywall, and the background services; and the server's graceful shutdown."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import time
 from datetime import timedelta
 from types import TracebackType
 
 from loguru import logger
 
-from bindu.a2a import Task
+from bindu.a2a import Task, TaskState
 from bindu.agent import Agent
 from bindu.payments.facilitator import make_facilitator_client
 from bindu.payments.paywall import Paywall
-from bindu.reconcile.service import Reconciler
+from bindu.reconcile.alerts import Alerts
+from bindu.reconcile.service import Reconciler, default_owner
 from bindu.server.push import PushNotifier
+from bindu.server.queue import TaskQueue
 from bindu.server.runner import TaskRunner, deliver
 from bindu.server.services import Service, Supervisor
 from bindu.settings import Settings
 from bindu.storage.base import Storage
 from bindu.storage.factory import create_storage
 
-# How long shutdown lets running tasks finish before cancelling them (seconds).
-SHUTDOWN_GRACE_SECONDS = 5.0
+_OPEN_STATES = frozenset({TaskState.SUBMITTED, TaskState.WORKING})
+
+
+class Busy(Exception):
+    """The server takes no new work now (draining for shutdown, or its queue is full)."""
+
+    def __init__(self, reason: str, retry_after: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
 
 
 class TaskManager:
@@ -40,13 +50,16 @@ class TaskManager:
         self.storage: Storage = storage or create_storage(settings.storage)
         self.paywall: Paywall | None = None
         self._extra_services = services or []
-        self._queue: asyncio.Queue[str] = asyncio.Queue()
-        self._queued: set[str] = set()
-        self._done: dict[str, asyncio.Event] = {}
-        self._workers: list[asyncio.Task[None]] = []
+        self._finished = asyncio.Event()  # replaced each time a run here finishes
+        self.queue: TaskQueue | None = None
+        self.owner = default_owner()  # this process, in task and payment leases
+        self.alerts = Alerts(settings.x402.reconciliation.webhook_url)
         self.supervisor = Supervisor()
         self.reconciler: Reconciler | None = None
         self.push: PushNotifier | None = None
+        # Set once shutdown begins (SIGTERM or the lifespan's end): no new work after it.
+        self._shutdown_deadline: float | None = None
+        self._stopped = asyncio.Event()  # blocking waits return at once after this
 
     @property
     def stale_after(self) -> timedelta:
@@ -69,27 +82,36 @@ class TaskManager:
                     self.storage,
                     x402,
                     facilitator=self.paywall.facilitator,
+                    alerts=self.alerts,
+                    owner=self.owner,
                     fulfil=self.fulfil,
-                    notify=self.notify,
+                    notify=self._task_changed,
                 )
         runner = TaskRunner(
             self.storage,
             self.agent,
             self.paywall,
             self.stale_after,
-            notify=self.notify,
+            notify=self._task_changed,
             on_unsettled=self.reconciler.wake if self.reconciler else lambda: None,
         )
-        self._workers = [
-            asyncio.create_task(self._work(runner), name=f"worker:{i}")
-            for i in range(self.settings.server.workers)
-        ]
+        self.queue = TaskQueue(
+            self.storage,
+            self.settings.server,
+            runner.run,
+            owner=self.owner,
+            alerts=self.alerts,
+            notify=self._task_changed,
+            idempotent=getattr(self.settings.server, "agent_idempotent", False),
+        )
+        self.queue.start()
         for service in self._services():
             self.supervisor.start(service)
         logger.info(
-            "task manager started: workers={} services={}",
-            len(self._workers),
+            "task manager started: workers={} services={} owner={}",
+            self.settings.server.workers,
             self.supervisor.running,
+            self.owner,
         )
         return self
 
@@ -105,24 +127,60 @@ class TaskManager:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        # Shielded: a second Ctrl-C or the server's own timeout must not cut the verdicts.
+        await asyncio.shield(self._shutdown())
+
+    async def _shutdown(self) -> None:
+        await self.drain()
+        if self.queue is not None:
+            await self.queue.cancel_all()  # each run still in flight records how it ended
+        self._stopped.set()
         await self.supervisor.stop()
-        if self._queue.qsize() == 0 and self._busy():
-            # Let tasks in flight finish (a cancelled settle is safe, but finishing is kinder).
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._drain(), SHUTDOWN_GRACE_SECONDS)
-        for worker in self._workers:
-            worker.cancel()
-        for worker in self._workers:
-            with contextlib.suppress(asyncio.CancelledError):
-                await worker
         if self.reconciler is not None:
-            await self.reconciler.close()
+            await self.reconciler.close()  # also delivers the alerts in flight (bounded)
+        else:
+            await self.alerts.aclose()
         if self.paywall is not None:
             await self.paywall.facilitator.aclose()
         if self.push is not None:
             await self.push.aclose()
         await self.storage.close()
         logger.info("task manager stopped")
+
+    # Graceful shutdown
+
+    def begin_shutdown(self) -> None:
+        """Stop taking work: message/send answers 503 from now on; runs in flight go on."""
+        if self._shutdown_deadline is not None:
+            return
+        grace = self.settings.server.shutdown_grace_seconds
+        self._shutdown_deadline = time.monotonic() + grace
+        if self.queue is not None:
+            self.queue.stop_taking()
+        running = len(self.queue.running) if self.queue else 0
+        logger.warning("shutting down: no new work; {} run(s) get {}s to finish", running, grace)
+
+    @property
+    def draining(self) -> bool:
+        return self._shutdown_deadline is not None
+
+    async def drain(self) -> None:
+        """Begin shutdown (if not yet) and wait for the runs in flight, up to the grace."""
+        self.begin_shutdown()
+        assert self._shutdown_deadline is not None
+        if self.queue is not None:
+            await self.queue.drain(self._shutdown_deadline - time.monotonic())
+        # Blocking message/send calls answer with what they have, so connections close.
+        self._stopped.set()
+
+    async def check_capacity(self) -> None:
+        """Raise Busy unless a new task can be queued now: checked before any payment
+        work, so nothing is accepted (or charged for) that cannot be run."""
+        server = self.settings.server
+        if self.draining:
+            raise Busy("server is shutting down; retry on another replica or later", 5)
+        if await self.storage.count_queued() >= server.max_queued:
+            raise Busy(f"task queue is full ({server.max_queued} tasks waiting); retry later", 2)
 
     def notify(self, task: Task) -> None:
         """Tell the task's push receiver (if any) about its new state; never blocks."""
@@ -138,48 +196,38 @@ class TaskManager:
         server = self.settings.server
         return (server.url or f"http://{server.host}:{server.port}").rstrip("/") + "/"
 
-    def _busy(self) -> bool:
-        return any(not event.is_set() for event in self._done.values())
-
-    async def _drain(self) -> None:
-        for event in list(self._done.values()):
-            await event.wait()
+    def _task_changed(self, task: Task) -> None:
+        self.notify(task)
+        if task.state not in _OPEN_STATES:
+            # Wake every blocking wait in this process; each re-reads its own task.
+            finished, self._finished = self._finished, asyncio.Event()
+            finished.set()
 
     async def submit(self, task_id: str) -> None:
-        self._done.setdefault(task_id, asyncio.Event())
-        self._queued.add(task_id)
-        await self._queue.put(task_id)
-
-    def withdraw(self, task_id: str) -> bool:
-        """Take a task that no worker has started out of the queue (for tasks/cancel)."""
-        if task_id not in self._queued:
-            return False
-        self._queued.discard(task_id)
-        self._finish(task_id)
-        return True
+        """The task is stored as submitted: wake a local worker for it."""
+        if self.queue is not None:
+            self.queue.wake()
 
     async def wait(self, task_id: str, timeout: float) -> None:
-        event = self._done.get(task_id)
-        if event is None:
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout)
-
-    def _finish(self, task_id: str) -> None:
-        event = self._done.pop(task_id, None)
-        if event is not None:
-            event.set()
-
-    async def _work(self, runner: TaskRunner) -> None:
-        while True:
-            task_id = await self._queue.get()
-            if task_id not in self._queued:
-                continue  # withdrawn by tasks/cancel
-            self._queued.discard(task_id)
+        """Until the task leaves submitted/working, ``timeout`` passes, or shutdown ends
+        the waiting. A run here ends the wait at once; a run on another replica is seen by
+        reading storage every poll interval."""
+        deadline = time.monotonic() + timeout
+        poll = self.settings.server.queue_poll_seconds
+        while not self._stopped.is_set():
+            finished = self._finished  # taken before the read, so no finish is missed
+            task = await self.storage.get_task(task_id)
+            if task is None or task.state not in _OPEN_STATES:
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            waiters = [
+                asyncio.ensure_future(finished.wait()),
+                asyncio.ensure_future(self._stopped.wait()),
+            ]
             try:
-                await runner.run(task_id)
-            except Exception:
-                # Storage trouble mid-task: the records say what happened; keep serving.
-                logger.exception("task {} crashed in the worker", task_id)
+                await asyncio.wait(waiters, timeout=min(poll, left), return_when="FIRST_COMPLETED")
             finally:
-                self._finish(task_id)
+                for waiter in waiters:
+                    waiter.cancel()
