@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-import uvicorn
-
 from bindu.agent import load_agent
 from bindu.cli.logging import configure
 from bindu.server.app import create_app
+from bindu.server.shutdown import run_server
 from bindu.settings import load_settings
 
 
@@ -22,15 +21,11 @@ def serve(args: argparse.Namespace) -> int:
     configure(settings.log_level)
     agent = load_agent(args.agent)
     app = create_app(settings, agent)
-    uvicorn.run(
+    # SIGTERM drains the task queue before uvicorn stops (bindu.server.shutdown).
+    run_server(
         app,
-        host=settings.server.host,
-        port=settings.server.port,
-        log_level="warning",
-        access_log=False,
-        lifespan="on",
-        # Client addresses come from the socket; X402__RATE_LIMIT__TRUSTED_PROXIES decides
-        # whose X-Forwarded-For is believed (bindu/server/client_address.py).
-        proxy_headers=False,
+        settings.server.host,
+        settings.server.port,
+        lambda: getattr(app.state, "manager", None),
     )
     return 0

@@ -142,6 +142,8 @@ def create_app(
             return _error(503, "facilitator unavailable (fault)")
         if faults.verify_error_status is not None:
             return _error(faults.verify_error_status, "verify failed (fault)")
+        if faults.verify_delay_seconds > 0:
+            await asyncio.sleep(faults.verify_delay_seconds)
         answer = await call("verify", request)
         if isinstance(answer, Response):
             return answer

@@ -23,6 +23,9 @@ class FaultSwitch:
     # A settlement_pending answer is sent with HTTP 500 (as some hosted facilitators do);
     # the body is still the SettleResponse JSON, hash included.
     pending_as_http_500: bool = False
+    # /verify waits this long before verifying and answering (a slow facilitator): the
+    # server's verify call is in flight, the nonce claimed, nothing settled.
+    verify_delay_seconds: float = 0.0
     # /verify answers this HTTP status with a JSON error body (None: verify normally).
     verify_error_status: int | None = None
     # /verify and /settle answer HTTP 200 with a body that is not JSON. The real verify or
@@ -47,9 +50,9 @@ class FaultSwitch:
 
 
 def _check(name: str, value: Any) -> Any:
-    if name == "settle_delay_seconds":
+    if name in {"settle_delay_seconds", "verify_delay_seconds"}:
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise ValueError("settle_delay_seconds must be a number >= 0")
+            raise ValueError(f"{name} must be a number >= 0")
         return float(value)
     if name == "verify_error_status":
         if value is not None and (
