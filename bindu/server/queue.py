@@ -43,6 +43,10 @@ UNPAID_CRASH_REASON = (
 )
 # Settled with a hash, work not delivered yet (payment-completed before the lifecycle split).
 _SETTLED = frozenset({PaymentStatus.SETTLED, PaymentStatus.COMPLETED})
+# Whether the runner stores payment-settling before it sends /settle, so that a record
+# still payment-verified proves /settle was never sent. Until it does, such a record may
+# have a settle in flight and is left to the reconciler (which judges stale ones).
+_SETTLE_IS_RECORDED = False
 # How long cancelled runs get to write their verdicts at shutdown (seconds).
 CANCEL_WRITE_SECONDS = 10.0
 
@@ -179,7 +183,7 @@ class TaskQueue:
             else:
                 await self._fail(task, UNPAID_CRASH_REASON)
             return
-        if payment.status is PaymentStatus.VERIFIED:
+        if payment.status is PaymentStatus.VERIFIED and _SETTLE_IS_RECORDED:
             logger.warning("queue: paid task {} was interrupted before /settle; resuming", task.id)
             await self._run(task)
             return
@@ -235,7 +239,7 @@ class TaskQueue:
             else:
                 await self._fail(task, UNPAID_SHUTDOWN_REASON)
             return
-        if payment.status is PaymentStatus.VERIFIED:
+        if payment.status is PaymentStatus.VERIFIED and _SETTLE_IS_RECORDED:
             await self._requeue(task)  # /settle never sent: the next worker runs it
         elif payment.status in _SETTLED:
             await self._orphan(task, payment, SHUTDOWN_ORPHAN_REASON)
