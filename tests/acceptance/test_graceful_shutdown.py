@@ -66,7 +66,7 @@ async def sigterm_during_paid_run(devnet: Devnet, tmp_path, agent_seconds: str, 
             payment = await storage.get_payment_for_task(task_id)
         events = list(hook.events)
     assert busy.headers["Retry-After"].isdigit()
-    assert busy.json()["error"]["code"] == -32011
+    assert busy.json()["error"]["code"] == -32012
     assert "shutting down" in busy.json()["error"]["message"]
     assert health.status_code == 503 and health.json()["status"] == "draining"
     assert task is not None and payment is not None
