@@ -59,6 +59,7 @@ async def test_queue_full_answers_503_and_stores_nothing():
         got = await rpc(http, url, "tasks/get", {"id": first})
         assert got.json()["result"]["status"]["state"] == "working"
         gate.open.set()
+        await until(lambda: _all_final(storage, 3), what="the queue to drain")
         done = await rpc(http, url, "message/send", text_message("e"))
         assert done.json()["result"]["status"]["state"] == "completed"
 
