@@ -362,7 +362,7 @@ def _decode(raw: str) -> PaymentPayload | Refusal:
         data = strict_loads(text, max_depth=PAYMENT_HEADER_MAX_DEPTH)
     except JsonRefused as exc:
         kind = "base64" if exc.problem == "syntax" and not _utf8(text) else "JSON"
-        return Refusal(402, f"malformed payment header: invalid {kind} ({exc.problem})")
+        return Refusal(402, f"malformed payment header: invalid {kind}")
     if not isinstance(data, dict):
         return Refusal(402, "malformed payment header: not an x402 payment payload")
     if data.get("x402Version", 2) == 1:

@@ -293,8 +293,19 @@ async def test_an_unanswered_verify_is_a_503_and_nothing_is_kept(paywall, reply)
             ),
             "x402 v1 payment payloads are not accepted; send x402Version 2",
         ),
+        # Hostile JSON: refused by the strict reader, never a RecursionError or a crash.
+        (raw_header("[" * 100_000), "malformed payment header: invalid JSON"),
+        (
+            raw_header('{"x402Version": ' + "9" * 5000 + "}"),
+            "malformed payment header: invalid JSON",
+        ),
+        (
+            raw_header('{"x402Version": 2, "x": "\\ud800"}'),
+            "malformed payment header: invalid JSON",
+        ),
+        (raw_header('{"x402Version": NaN}'), "malformed payment header: invalid JSON"),
     ],
-    ids=["base64", "json", "content", "not-an-object", "v1"],
+    ids=["base64", "json", "content", "not-an-object", "v1", "deep", "digits", "surrogate", "nan"],
 )
 async def test_a_malformed_header_is_named(paywall, raw, reason):
     wall, mock, _ = paywall
