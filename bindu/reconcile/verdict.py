@@ -39,9 +39,10 @@ from bindu.reconcile.evidence import (
 # Time to the next check after the n-th attempt (seconds); the last one repeats.
 BACKOFF_SECONDS = (5.0, 15.0, 60.0, 300.0, 1800.0, 3600.0)
 
-# Where a facilitator's /settle answer is kept on the record (``answers[*].source``): the
-# worker's answer, and one that arrived after the worker stopped waiting for it.
-SETTLE_ANSWER_SOURCES = frozenset({"settle", "settle-late"})
+# Where a facilitator's /settle answer is kept on the record (``answers[*].source``), the
+# facilitator's words under ``response``: the worker's answer, and one that arrived after
+# the worker stopped waiting for it (``late: true``).
+SETTLE_ANSWER_SOURCES = frozenset({"settle"})
 _TX_HASH = re.compile(r"^0x[0-9a-fA-F]{64}$")
 # Without chain proof a consumed nonce is unresolved: this tells the operator what to do.
 RPC_HINT = "configure X402__RPC_URLS for {network}, then `bindu reconcile --once` re-judges it"
@@ -74,6 +75,9 @@ class Rules:
     # broadcast would have been mined by now) and this far from validBefore (seconds).
     collect_after_seconds: float = 60.0
     collect_margin_seconds: float = 30.0
+    # How long the worker keeps listening for a settle answer after its deadline
+    # (X402__LATE_ANSWER_SECONDS): without the chain, that answer may be the only proof.
+    late_answer_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,13 @@ class Decision:
 
 def decide(record: PaymentRecord, evidence: Evidence, now: datetime, rules: Rules) -> Decision:
     attempts = record.attempts + 1
+    awaited = _late_answer_awaited(record, evidence, now, rules)
+    if awaited is not None:
+        reason = (
+            "facilitator reports the authorization used or canceled; waiting until "
+            f"{awaited.isoformat()} for the settle answer the worker stopped waiting for"
+        )
+        return Decision(Verdict.RETRY, reason, attempts, next_check_at=awaited)
     verdict, reason, receipt = _judge(record, evidence, rules)
     if rules.policy == "fulfill" and not agent_started(record):
         if verdict is Verdict.ORPHANED:
@@ -102,6 +113,32 @@ def decide(record: PaymentRecord, evidence: Evidence, now: datetime, rules: Rule
             Verdict.RETRY, reason, attempts, next_check_at=next_check(record, attempts, now, rules)
         )
     return Decision(verdict, reason, attempts, receipt=receipt)
+
+
+def _late_answer_awaited(
+    record: PaymentRecord, evidence: Evidence, now: datetime, rules: Rules
+) -> datetime | None:
+    """Until when a consumed nonce without proof should wait for a late settle answer
+    (None: no answer can still come, so judge now). Only the worker's last settle attempt
+    counts, and only if it went unanswered: an answer, late or not, is already here."""
+    consumed = (
+        isinstance(evidence, VerifyEvidence)
+        and not evidence.is_valid
+        and evidence.invalid_reason == ERR_NONCE_ALREADY_USED
+    )
+    if not consumed or rules.late_answer_seconds <= 0 or settle_proof(record) is not None:
+        return None
+    settles = [a for a in record.answers if a.get("source") in SETTLE_ANSWER_SOURCES]
+    if not settles or settles[-1].get("answered") is not False:
+        return None
+    try:
+        sent = datetime.fromisoformat(str(settles[-1].get("at")))
+    except ValueError:
+        return None
+    if sent.tzinfo is None:
+        return None
+    until = sent + timedelta(seconds=rules.late_answer_seconds)
+    return until if now < until else None
 
 
 def agent_started(record: PaymentRecord) -> bool:

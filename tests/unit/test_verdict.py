@@ -136,9 +136,9 @@ def test_verify_consumed_without_any_answer_is_unresolved_on_the_first_probe():
     assert d.receipt is None
 
 
-@pytest.mark.parametrize("source", ["settle", "settle-late"])
-def test_a_success_answer_with_a_hash_proves_the_orphan(source):
-    r = record(answers=[settled(source=source)])
+@pytest.mark.parametrize("late", [False, True])
+def test_a_success_answer_with_a_hash_proves_the_orphan(late):
+    r = record(answers=[{**settled(), "late": late}])
     d = decide(r, VerifyEvidence(False, NONCE_USED), NOW, RULES)
     assert d.verdict is Verdict.ORPHANED
     assert d.receipt is not None
@@ -477,3 +477,71 @@ def test_agent_started_needs_both_markers():
     for answers in ([{"source": "fulfil", "phase": "claim"}], [{"source": "x", "phase": "agent"}]):
         d = decide(record(answers=answers), chain(use=use(block=99)), NOW, FULFILL)
         assert d.verdict is Verdict.FULFIL
+
+
+# The late answer: facilitator-only, a consumed nonce waits for the answer still on its way
+
+LATE = Rules(confirmations=1, max_attempts=5, late_answer_seconds=60)
+
+
+def unanswered(at=NOW - timedelta(seconds=10), answered=False) -> dict:
+    return {"source": "settle", "at": at.isoformat(), "answered": answered, "response": {}}
+
+
+def test_consumed_waits_for_a_late_answer_until_the_window_ends():
+    r = record(answers=[unanswered()])
+    d = decide(r, VerifyEvidence(False, NONCE_USED), NOW, LATE)
+    assert d.verdict is Verdict.RETRY
+    assert d.next_check_at == NOW + timedelta(seconds=50)
+    assert d.attempts == 1 and "waiting until" in d.reason
+
+
+def test_once_the_window_has_passed_consumed_is_unresolved():
+    r = record(answers=[unanswered(at=NOW - timedelta(seconds=60))])
+    d = decide(r, VerifyEvidence(False, NONCE_USED), NOW, LATE)
+    assert d.verdict is Verdict.UNRESOLVED
+    r = record(answers=[unanswered(at=NOW - timedelta(seconds=59))])
+    d = decide(r, VerifyEvidence(False, NONCE_USED), NOW, LATE)
+    assert d.verdict is Verdict.RETRY and d.next_check_at == NOW + timedelta(seconds=1)
+
+
+def test_the_late_answer_arrived_and_proves_it():
+    late = {**settled(), "late": True, "answered": True}
+    r = record(answers=[unanswered(), late])
+    d = decide(r, VerifyEvidence(False, NONCE_USED), NOW, LATE)
+    assert d.verdict is Verdict.ORPHANED and d.receipt is not None
+
+
+@pytest.mark.parametrize(
+    "answers",
+    [
+        [unanswered(answered=True)],  # the worker got its answer: nothing more to come
+        [{"source": "settle", "at": NOW.isoformat()}],  # no word on whether it answered
+        [unanswered(), {**unanswered(), "answered": True, "late": True}],  # it came: a failure
+        [{**unanswered(), "at": "yesterday"}],
+        [{**unanswered(), "at": "2026-11-27T11:59:50"}],  # no zone: not a time we wrote
+        [{**unanswered(), "source": "reconciler"}],
+        [],
+    ],
+    ids=["answered", "unknown", "late-failure", "bad-time", "naive-time", "not-settle", "none"],
+)
+def test_no_late_answer_to_wait_for_is_unresolved_at_once(answers):
+    d = decide(record(answers=answers), VerifyEvidence(False, NONCE_USED), NOW, LATE)
+    assert d.verdict is Verdict.UNRESOLVED
+
+
+def test_only_a_consumed_nonce_waits_for_the_late_answer():
+    r = record(answers=[unanswered()])
+    assert decide(r, VerifyEvidence(True, None), NOW, LATE).next_check_at == NOW + timedelta(
+        seconds=BACKOFF_SECONDS[0]
+    )
+    expired = "invalid_exact_evm_payload_authorization_valid_before"
+    assert decide(r, VerifyEvidence(False, expired), NOW, LATE).verdict is Verdict.UNRESOLVED
+    canceled = chain(use=use(canceled=True, transfer_ok=False))
+    assert decide(r, canceled, NOW, LATE).verdict is Verdict.VOID
+
+
+def test_without_a_late_window_nothing_waits():
+    r = record(answers=[unanswered()])
+    d = decide(r, VerifyEvidence(False, NONCE_USED), NOW, RULES)
+    assert d.verdict is Verdict.UNRESOLVED
