@@ -107,6 +107,16 @@ async def test_canceled_authorization_is_refused(devnet, facilitator, payer, pay
     verified = await facilitator.verify(payment, offer)
     assert not verified.is_valid
     assert verified.invalid_reason == NONCE_USED
+    # /settle does not simulate first (the SDK's default): it broadcasts a transfer that
+    # reverts, and answers transaction_failed with that hash. Neither answer tells a
+    # canceled authorization from a used one; only the chain's events can (DESIGN §7).
+    sent = await devnet.tx_count(devnet.info.facilitator_address)
+    settled = await facilitator.settle(payment, offer)
+    assert not settled.success
+    assert settled.error_reason == "transaction_failed" and settled.transaction
+    assert await devnet.tx_count(devnet.info.facilitator_address) == sent + 1
+    reverted = await devnet.receipt(settled.transaction)
+    assert int(reverted["status"], 16) == 0
     assert await devnet.transfer_logs(payer.address, pay_to) == []
 
 
