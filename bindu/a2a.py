@@ -103,6 +103,10 @@ class Task(WireModel):
     history: list[Message] = Field(default_factory=list)
     artifacts: list[Artifact] = Field(default_factory=list)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    # Who may read and change the task (a principal id such as "key:alice" or
+    # "wallet:0x…"; None: anyone holding the id). Never on the wire: exclude=True keeps it
+    # out of every dump, so storage keeps it in its own column, written once at insert.
+    owner: str | None = Field(default=None, exclude=True)
 
     @property
     def state(self) -> TaskState:

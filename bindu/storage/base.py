@@ -32,7 +32,8 @@ class Storage(Protocol):
     # Tasks
 
     async def create_task(self, task: Task, *, events: Sequence[OutboxEvent] = ()) -> None:
-        """Insert a new task; raises StorageError if the id exists."""
+        """Insert a new task; raises StorageError if the id exists. ``task.owner`` is
+        stored with it and kept for good: saving the task again never changes it."""
 
     async def get_task(self, task_id: str) -> Task | None: ...
 
@@ -42,12 +43,13 @@ class Storage(Protocol):
     async def list_tasks(
         self,
         *,
+        owner: str | None = None,
         context_id: str | None = None,
         state: TaskState | None = None,
         limit: int = 50,
         offset: int = 0,
     ) -> list[Task]:
-        """Tasks oldest first (created_at, then id)."""
+        """Tasks oldest first (created_at, then id); only ``owner``'s when given."""
 
     # The durable task queue (the tasks table is the queue; see migration 4)
 

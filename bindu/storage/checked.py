@@ -25,6 +25,7 @@ from bindu.storage.codec import check_page, checked_push_config, normalize_payme
 
 @dataclass(frozen=True)
 class TaskPage:
+    owner: str | None  # None: every owner's tasks (operators), never a caller's listing
     context_id: str | None
     state: str | None  # the TaskState's value
     limit: int
@@ -107,6 +108,7 @@ class CheckedStorage(ABC):
     async def list_tasks(
         self,
         *,
+        owner: str | None = None,
         context_id: str | None = None,
         state: TaskState | None = None,
         limit: int = 50,
@@ -114,7 +116,7 @@ class CheckedStorage(ABC):
     ) -> list[Task]:
         check_page(limit, offset)
         state_value = None if state is None else str(state)
-        return await self._list_tasks(TaskPage(context_id, state_value, limit, offset))
+        return await self._list_tasks(TaskPage(owner, context_id, state_value, limit, offset))
 
     # The task queue
 

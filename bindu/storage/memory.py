@@ -46,6 +46,7 @@ class _StoredTask:
     updated_at: datetime
     lease_owner: str | None = None
     lease_expires_at: datetime | None = None
+    owner: str | None = None  # written at insert, never changed
 
     def due(self, now: datetime) -> bool:
         """What claim_due_tasks takes (as the SQL backends' WHERE clause)."""
@@ -112,17 +113,25 @@ class MemoryStorage(CheckedStorage):
 
     # Tasks
 
-    def _put_task(self, task: Task, now: datetime, *, created_at: datetime) -> None:
-        previous = self._tasks.get(task.id)  # its lease, if any, is kept (as in SQL)
+    def _put_task(self, task: Task, now: datetime, *, existing: _StoredTask | None) -> None:
+        # As in SQL: created_at and the owner are those of the first insert; a lease, if
+        # any, is kept.
         self._tasks[task.id] = _StoredTask(
             data=task.wire(),
             context_id=task.context_id,
             state=str(task.state),
-            created_at=created_at,
+            created_at=existing.created_at if existing else now,
             updated_at=now,
-            lease_owner=previous.lease_owner if previous else None,
-            lease_expires_at=previous.lease_expires_at if previous else None,
+            lease_owner=existing.lease_owner if existing else None,
+            lease_expires_at=existing.lease_expires_at if existing else None,
+            owner=existing.owner if existing else task.owner,
         )
+
+    @staticmethod
+    def _load_task(stored: _StoredTask) -> Task:
+        task = Task.model_validate(copy.deepcopy(stored.data))
+        task.owner = stored.owner
+        return task
 
     async def _insert_task(
         self, task: Task, now: datetime, events: tuple[OutboxEvent, ...]
@@ -130,13 +139,13 @@ class MemoryStorage(CheckedStorage):
         async with self._lock:
             if task.id in self._tasks:
                 raise StorageError(f"task {task.id} already exists")
-            self._put_task(task, now, created_at=now)
+            self._put_task(task, now, existing=None)
             self._add_events(events, now)
 
     async def get_task(self, task_id: str) -> Task | None:
         async with self._lock:
             stored = self._tasks.get(task_id)
-            return None if stored is None else Task.model_validate(copy.deepcopy(stored.data))
+            return None if stored is None else self._load_task(stored)
 
     async def _update_task(
         self, task: Task, now: datetime, events: tuple[OutboxEvent, ...]
@@ -145,7 +154,7 @@ class MemoryStorage(CheckedStorage):
             stored = self._tasks.get(task.id)
             if stored is None:
                 raise StorageError(f"task {task.id} does not exist")
-            self._put_task(task, now, created_at=stored.created_at)
+            self._put_task(task, now, existing=stored)
             self._add_events(events, now)
 
     async def _list_tasks(self, page: TaskPage) -> list[Task]:
@@ -154,13 +163,14 @@ class MemoryStorage(CheckedStorage):
                 (
                     (t.created_at, task_id, t)
                     for task_id, t in self._tasks.items()
-                    if (page.context_id is None or t.context_id == page.context_id)
+                    if (page.owner is None or t.owner == page.owner)
+                    and (page.context_id is None or t.context_id == page.context_id)
                     and (page.state is None or t.state == page.state)
                 ),
                 key=lambda row: (row[0], row[1]),
             )
             chosen = rows[page.offset : page.offset + page.limit]
-            return [Task.model_validate(copy.deepcopy(t.data)) for _, _, t in chosen]
+            return [self._load_task(t) for _, _, t in chosen]
 
     # The task queue
 
@@ -177,7 +187,7 @@ class MemoryStorage(CheckedStorage):
             for _, _, stored in due:
                 stored.lease_owner = lease.owner
                 stored.lease_expires_at = lease.expires_at
-            return [Task.model_validate(copy.deepcopy(t.data)) for _, _, t in due]
+            return [self._load_task(t) for _, _, t in due]
 
     async def _renew_task_lease(self, task_id: str, owner: str, expires_at: datetime) -> bool:
         async with self._lock:
@@ -207,7 +217,7 @@ class MemoryStorage(CheckedStorage):
                 return False
             if lease_owner is not None and stored.lease_owner != lease_owner:
                 return False
-            self._put_task(task, now, created_at=stored.created_at)
+            self._put_task(task, now, existing=stored)
             return True
 
     async def count_queued(self) -> int:
@@ -267,8 +277,7 @@ class MemoryStorage(CheckedStorage):
                 self._refund_txs[refund_key] = t.payment_id
             self._payments[t.payment_id] = updated
             if t.task is not None:
-                existing = self._tasks.get(t.task.id)
-                self._put_task(t.task, now, created_at=existing.created_at if existing else now)
+                self._put_task(t.task, now, existing=self._tasks.get(t.task.id))
             self._add_events(t.events, now)
             return copy.deepcopy(updated)
 

@@ -101,13 +101,16 @@ class SqlStorage(CheckedStorage, Generic[Handle]):
             "state": str(task.state),
             "data": self._dialect.json(task.wire()),
             "now": self._time(now),
+            "owner": task.owner,  # used by the inserts only: an owner is never changed
         }
 
     def _decode_task(self, row: Row) -> Task:
         try:
-            return Task.model_validate(self._dialect.load_task(row["data"]))
+            task = Task.model_validate(self._dialect.load_task(row["data"]))
         except ValueError as exc:
             raise StorageError(f"stored task is unreadable: {exc}") from exc
+        task.owner = row["owner"]
+        return task
 
     def _decode_payment(self, row: Row) -> PaymentRecord:
         d = self._dialect
@@ -161,13 +164,17 @@ class SqlStorage(CheckedStorage, Generic[Handle]):
 
     async def _list_tasks(self, page: TaskPage) -> list[Task]:
         params = {
+            "owner": page.owner,
             "context_id": page.context_id,
             "state": page.state,
             "limit": page.limit,
             "offset": page.offset,
         }
-        # Two statements rather than "(context_id IS NULL OR ...)" so each can use its index.
-        name = "list_tasks" if page.context_id is None else "list_tasks_for_context"
+        # Separate statements rather than "(context_id IS NULL OR ...)" so each can use its
+        # index.
+        name = "list_tasks" if page.owner is None else "list_owner_tasks"
+        if page.context_id is not None:
+            name += "_for_context"
         return [self._decode_task(row) for row in await self._one(name, params)]
 
     # The task queue

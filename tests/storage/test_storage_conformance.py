@@ -154,6 +154,73 @@ async def test_list_tasks_filters_and_pages(storage: Storage) -> None:
         await storage.list_tasks(limit=-1)
 
 
+# Task owners (issue 10): written once at insert, filtered on by tasks/list, never on the wire
+
+
+async def test_owner_round_trips_and_stays_off_the_wire(storage: Storage) -> None:
+    task = make_task("t1").model_copy(update={"owner": "key:alice"})
+    await storage.create_task(task)
+    await storage.create_task(make_task("t2"))
+    got = await storage.get_task("t1")
+    assert got is not None and got.owner == "key:alice"
+    assert "owner" not in got.wire()
+    nobody = await storage.get_task("t2")
+    assert nobody is not None and nobody.owner is None
+    assert {t.id: t.owner for t in await storage.list_tasks()} == {"t1": "key:alice", "t2": None}
+
+
+async def test_owner_is_never_changed_by_a_save(storage: Storage) -> None:
+    await storage.create_task(make_task("t1").model_copy(update={"owner": "key:alice"}))
+    await storage.create_task(make_task("t2"))
+    stolen = make_task("t1", state=TaskState.COMPLETED).model_copy(update={"owner": "key:bob"})
+    await storage.save_task(stolen)
+    await storage.save_task(make_task("t2").model_copy(update={"owner": "key:bob"}))
+    got = await storage.get_task("t1")
+    assert got is not None and got.owner == "key:alice" and got.state is TaskState.COMPLETED
+    unowned = await storage.get_task("t2")
+    assert unowned is not None and unowned.owner is None
+    assert await storage.list_tasks(owner="key:bob") == []
+
+
+async def test_transition_inserts_the_owner_and_keeps_it_on_overwrite(storage: Storage) -> None:
+    await storage.claim_payment(make_record("p1", status=S.VERIFIED, task_id="t1"))
+    paid = make_task("t1").model_copy(update={"owner": "wallet:0xabc"})
+    assert await storage.transition_payment(
+        "p1", [S.VERIFIED], PaymentUpdate(status=S.SETTLING), now=at(1), task=paid
+    )
+    other = make_task("t1", state=TaskState.WORKING).model_copy(update={"owner": "key:bob"})
+    assert await storage.transition_payment(
+        "p1", [S.SETTLING], PaymentUpdate(status=S.COMPLETED), now=at(2), task=other
+    )
+    got = await storage.get_task("t1")
+    assert got is not None and got.owner == "wallet:0xabc" and got.state is TaskState.WORKING
+
+
+async def test_list_tasks_by_owner_filters_and_pages(storage: Storage) -> None:
+    def owned(task_id: str, owner: str | None, **kw: Any) -> Task:
+        return make_task(task_id, **kw).model_copy(update={"owner": owner})
+
+    await storage.create_task(owned("1", "key:a", context_id="x"))
+    await storage.create_task(owned("2", "key:b", context_id="x"))
+    await storage.create_task(owned("3", None, context_id="x"))
+    await storage.create_task(owned("4", "key:a", context_id="y", state=TaskState.COMPLETED))
+    await storage.create_task(owned("5", "key:a", context_id="x", state=TaskState.COMPLETED))
+
+    async def ids(**kwargs: Any) -> list[str]:
+        return [t.id for t in await storage.list_tasks(**kwargs)]
+
+    assert await ids(owner="key:a") == ["1", "4", "5"]
+    assert await ids(owner="key:b") == ["2"]
+    assert await ids(owner="key:c") == []
+    assert await ids(owner="key:a", context_id="x") == ["1", "5"]
+    assert await ids(owner="key:a", state=TaskState.COMPLETED) == ["4", "5"]
+    assert await ids(owner="key:a", context_id="x", state=TaskState.COMPLETED) == ["5"]
+    assert await ids(owner="key:a", limit=1, offset=1) == ["4"]
+    assert await ids(owner="key:a", context_id="x", limit=1, offset=1) == ["5"]
+    # No owner given: every task (an operator's view; callers always pass theirs).
+    assert await ids() == ["1", "2", "3", "4", "5"]
+
+
 # Claims
 
 

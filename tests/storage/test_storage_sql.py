@@ -311,6 +311,10 @@ async def test_upgrade_from_version_1_keeps_data(sql_backend: Backend) -> None:
     latest = [m.version for m in load_queries(_dialect(sql_backend)).migrations]
     assert latest[-1] >= 2 and await _versions(sql_backend) == latest
     assert await storage.get_task("t1") == make_task("t1", state=TaskState.FAILED)
+    # Tasks from before owners (migration 7) have none: readable by id, listed for nobody.
+    upgraded = await storage.get_task("t1")
+    assert upgraded is not None and upgraded.owner is None
+    assert await storage.list_tasks(owner="key:a") == []
     for record in old:
         got = await storage.get_payment(record.id)
         assert got == normalize_payment(record), record.id

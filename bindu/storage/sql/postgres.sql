@@ -149,9 +149,17 @@ WHERE jsonb_typeof(refund) = 'object' AND jsonb_typeof(refund -> 'transaction') 
 ORDER BY updated_at, id
 ON CONFLICT (network, tx) DO NOTHING;
 
+-- migration: 7
+-- Issue 10: who owns a task (an authenticated principal such as key:alice, jwt:<sub> or
+-- wallet:0x…; for an anonymous paid task the payer's wallet; NULL for an anonymous unpaid
+-- one). Written when the task is inserted and never changed afterwards: no update touches
+-- it. tasks/list of a principal reads this index.
+ALTER TABLE tasks ADD COLUMN owner text;
+CREATE INDEX tasks_owner_created ON tasks (owner, created_at, id);
+
 -- name: insert_task
-INSERT INTO tasks (id, context_id, state, data, created_at, updated_at)
-VALUES (%(id)s, %(context_id)s, %(state)s, %(data)s, %(now)s, %(now)s)
+INSERT INTO tasks (id, context_id, state, data, created_at, updated_at, owner)
+VALUES (%(id)s, %(context_id)s, %(state)s, %(data)s, %(now)s, %(now)s, %(owner)s)
 ON CONFLICT (id) DO NOTHING
 RETURNING id;
 
@@ -162,8 +170,8 @@ WHERE id = %(id)s
 RETURNING id;
 
 -- name: upsert_task
-INSERT INTO tasks (id, context_id, state, data, created_at, updated_at)
-VALUES (%(id)s, %(context_id)s, %(state)s, %(data)s, %(now)s, %(now)s)
+INSERT INTO tasks (id, context_id, state, data, created_at, updated_at, owner)
+VALUES (%(id)s, %(context_id)s, %(state)s, %(data)s, %(now)s, %(now)s, %(owner)s)
 ON CONFLICT (id) DO UPDATE SET
     context_id = EXCLUDED.context_id,
     state = EXCLUDED.state,
@@ -171,17 +179,30 @@ ON CONFLICT (id) DO UPDATE SET
     updated_at = EXCLUDED.updated_at;
 
 -- name: get_task
-SELECT data FROM tasks WHERE id = %(id)s;
+SELECT data, owner FROM tasks WHERE id = %(id)s;
 
 -- name: list_tasks
-SELECT data FROM tasks
+SELECT data, owner FROM tasks
 WHERE (%(state)s::text IS NULL OR state = %(state)s::text)
 ORDER BY created_at, id
 LIMIT %(limit)s OFFSET %(offset)s;
 
 -- name: list_tasks_for_context
-SELECT data FROM tasks
+SELECT data, owner FROM tasks
 WHERE context_id = %(context_id)s AND (%(state)s::text IS NULL OR state = %(state)s::text)
+ORDER BY created_at, id
+LIMIT %(limit)s OFFSET %(offset)s;
+
+-- name: list_owner_tasks
+SELECT data, owner FROM tasks
+WHERE owner = %(owner)s AND (%(state)s::text IS NULL OR state = %(state)s::text)
+ORDER BY created_at, id
+LIMIT %(limit)s OFFSET %(offset)s;
+
+-- name: list_owner_tasks_for_context
+SELECT data, owner FROM tasks
+WHERE owner = %(owner)s AND context_id = %(context_id)s
+    AND (%(state)s::text IS NULL OR state = %(state)s::text)
 ORDER BY created_at, id
 LIMIT %(limit)s OFFSET %(offset)s;
 
@@ -377,7 +398,7 @@ UPDATE tasks AS t
 SET lease_owner = %(owner)s::text, lease_expires_at = %(lease_expires_at)s::timestamptz
 FROM due
 WHERE t.id = due.id
-RETURNING t.created_at, t.id, t.data;
+RETURNING t.created_at, t.id, t.data, t.owner;
 
 -- name: renew_task_lease
 UPDATE tasks SET lease_expires_at = %(lease_expires_at)s::timestamptz

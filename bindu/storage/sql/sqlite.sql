@@ -132,9 +132,17 @@ WHERE refund IS NOT NULL AND json_valid(refund)
     AND json_type(refund, '$.transaction') = 'text'
 ORDER BY updated_at, id;
 
+-- migration: 7
+-- Issue 10: who owns a task (an authenticated principal such as key:alice, jwt:<sub> or
+-- wallet:0x…; for an anonymous paid task the payer's wallet; NULL for an anonymous unpaid
+-- one). Written when the task is inserted and never changed afterwards: no update touches
+-- it. tasks/list of a principal reads this index.
+ALTER TABLE tasks ADD COLUMN owner TEXT;
+CREATE INDEX tasks_owner_created ON tasks (owner, created_at, id);
+
 -- name: insert_task
-INSERT INTO tasks (id, context_id, state, data, created_at, updated_at)
-VALUES (:id, :context_id, :state, :data, :now, :now)
+INSERT INTO tasks (id, context_id, state, data, created_at, updated_at, owner)
+VALUES (:id, :context_id, :state, :data, :now, :now, :owner)
 ON CONFLICT (id) DO NOTHING
 RETURNING id;
 
@@ -145,8 +153,8 @@ WHERE id = :id
 RETURNING id;
 
 -- name: upsert_task
-INSERT INTO tasks (id, context_id, state, data, created_at, updated_at)
-VALUES (:id, :context_id, :state, :data, :now, :now)
+INSERT INTO tasks (id, context_id, state, data, created_at, updated_at, owner)
+VALUES (:id, :context_id, :state, :data, :now, :now, :owner)
 ON CONFLICT (id) DO UPDATE SET
     context_id = excluded.context_id,
     state = excluded.state,
@@ -154,17 +162,30 @@ ON CONFLICT (id) DO UPDATE SET
     updated_at = excluded.updated_at;
 
 -- name: get_task
-SELECT data FROM tasks WHERE id = :id;
+SELECT data, owner FROM tasks WHERE id = :id;
 
 -- name: list_tasks
-SELECT data FROM tasks
+SELECT data, owner FROM tasks
 WHERE (:state IS NULL OR state = :state)
 ORDER BY created_at, id
 LIMIT :limit OFFSET :offset;
 
 -- name: list_tasks_for_context
-SELECT data FROM tasks
+SELECT data, owner FROM tasks
 WHERE context_id = :context_id AND (:state IS NULL OR state = :state)
+ORDER BY created_at, id
+LIMIT :limit OFFSET :offset;
+
+-- name: list_owner_tasks
+SELECT data, owner FROM tasks
+WHERE owner = :owner AND (:state IS NULL OR state = :state)
+ORDER BY created_at, id
+LIMIT :limit OFFSET :offset;
+
+-- name: list_owner_tasks_for_context
+SELECT data, owner FROM tasks
+WHERE owner = :owner AND context_id = :context_id
+    AND (:state IS NULL OR state = :state)
 ORDER BY created_at, id
 LIMIT :limit OFFSET :offset;
 
@@ -338,7 +359,7 @@ WHERE id IN (
     ORDER BY created_at, id
     LIMIT :limit
 )
-RETURNING created_at, id, data;
+RETURNING created_at, id, data, owner;
 
 -- name: renew_task_lease
 UPDATE tasks SET lease_expires_at = :lease_expires_at
