@@ -168,3 +168,5 @@ class TaskListParams(WireModel):
     state: TaskState | None = None
     page_size: int = Field(default=50, ge=1, le=500)
     page_token: str | None = Field(default=None, pattern=PAGE_TOKEN_PATTERN)
+    # Artifacts (the paid work) are listed only when the owner asks for them.
+    include_artifacts: bool = False

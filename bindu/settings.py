@@ -79,6 +79,11 @@ class ServerSettings(BaseModel):
     # input: hostile-input bounds (JSON-RPC bodies are refused past these, before parsing)
     max_json_depth: int = Field(default=32, ge=4, le=256)
 
+    @property
+    def resource_url(self) -> str:
+        """The JSON-RPC endpoint's public URL (the x402 resource, the sign-in origin)."""
+        return (self.url or f"http://{self.host}:{self.port}").rstrip("/") + "/"
+
 
 class ReconciliationSettings(BaseModel):
     enabled: bool = True
@@ -246,6 +251,99 @@ class MetricsSettings(BaseModel):
         return self.port is not None or self.token is not None
 
 
+# Auth (issue 10): who a caller is. API keys are stored as the SHA-256 of the key, never
+# the key; JWTs are checked against the operator's JWKS; payers sign in with their wallet.
+_KEY_NAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+# Asymmetric only: a JWKS publishes public keys, and "none" or HS* would let a caller forge.
+JWT_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+
+
+class AuthSettings(BaseModel):
+    # JSON object: principal name -> sha256 hex of its key (the key itself is never stored).
+    api_keys: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    jwks_url: str | None = None
+    issuer: str | None = None
+    audience: str | None = None
+    jwt_algorithms: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["RS256", "ES256"]
+    )
+    jwks_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    jwks_cache_seconds: float = Field(default=300.0, gt=0, le=86_400)
+    leeway_seconds: float = Field(default=30.0, ge=0, le=300)
+    # Payers sign in with the paying wallet (x402 sign-in-with-x); only with payments on.
+    siwx: bool = True
+    siwx_max_age_seconds: int = Field(default=300, ge=10, le=3600)
+    # May callers without credentials send messages? Default: yes unless API keys or a
+    # JWKS are configured. Anonymous callers never list tasks or read owned ones.
+    allow_anonymous: bool | None = None
+
+    @property
+    def jwt_enabled(self) -> bool:
+        return self.jwks_url is not None
+
+    @property
+    def configured(self) -> bool:
+        """An account scheme (API keys or JWT) is configured."""
+        return bool(self.api_keys) or self.jwt_enabled
+
+    @property
+    def anonymous_allowed(self) -> bool:
+        return self.allow_anonymous if self.allow_anonymous is not None else not self.configured
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _keys_json(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value) if value.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise ValueError(
+                    f"must be a JSON object of name to sha256 hex ({exc.msg})"
+                ) from exc
+        if not isinstance(value, dict):
+            raise ValueError("must be a JSON object of name to sha256 hex")
+        for name, digest in value.items():
+            if not _KEY_NAME.match(str(name)):
+                raise ValueError(f"name {str(name)[:70]!r} must be 1-64 of A-Z a-z 0-9 . _ @ -")
+            if not isinstance(digest, str) or not _SHA256_HEX.match(digest.lower()):
+                raise ValueError(f"value for {name} must be the key's sha256 as 64 hex digits")
+        return {str(name): digest.lower() for name, digest in value.items()}
+
+    @field_validator("jwt_algorithms", mode="before")
+    @classmethod
+    def _algorithms_csv(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [a.strip() for a in value.split(",") if a.strip()]
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("must name at least one algorithm")
+            unknown = set(value) - JWT_ALGORITHMS
+            if unknown:
+                raise ValueError(f"{sorted(unknown)} not allowed; use {sorted(JWT_ALGORITHMS)}")
+        return value
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _jwks_http(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s) URL")
+        return value
+
+    @model_validator(mode="after")
+    def _jwt_complete(self) -> AuthSettings:
+        if self.jwks_url is not None:
+            if not self.issuer:
+                raise ValueError("issuer: required when AUTH__JWKS_URL is set")
+            if not self.audience:
+                raise ValueError("audience: required when AUTH__JWKS_URL is set")
+        elif self.issuer or self.audience:
+            raise ValueError("jwks_url: required when AUTH__ISSUER or AUTH__AUDIENCE is set")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_nested_delimiter="__",
@@ -259,6 +357,7 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings)
     x402: X402Settings = Field(default_factory=X402Settings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
     log_level: str = "INFO"
 
 

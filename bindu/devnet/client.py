@@ -11,6 +11,11 @@ import httpx
 from eth_account.signers.local import LocalAccount
 from x402 import x402Client
 from x402.client import SpendControls
+from x402.extensions.sign_in_with_x import (
+    CreateSIWxClientExtensionOptions,
+    create_siwx_client_extension,
+)
+from x402.http.clients import x402HttpxClient
 from x402.http.utils import (
     decode_payment_required_header,
     encode_payment_signature_header,
@@ -107,6 +112,22 @@ class PayingClient:
         """One JSON-RPC 2.0 call on `POST /`; the raw HTTP response."""
         body = {"jsonrpc": "2.0", "id": str(uuid.uuid4()), "method": method, "params": params}
         return await self._http.post(f"{self.base_url}/", json=body, headers=headers)
+
+    async def signed_in_rpc(self, method: str, params: dict[str, Any]) -> httpx.Response:
+        """One JSON-RPC call as this wallet, through the SDK's own HTTP transport: when the
+        server answers 402 with a sign-in-with-x challenge, the SDK's client extension signs
+        it and retries with the SIGN-IN-WITH-X header. (An answer that is still a 402 makes
+        the SDK try to pay; a sign-in challenge offers nothing to pay, so that raises.)"""
+        signer = x402Client()
+        signer.register_extension(
+            create_siwx_client_extension(
+                CreateSIWxClientExtensionOptions(signers=[EthAccountSigner(self.account)])
+            )
+        )
+        body = {"jsonrpc": "2.0", "id": str(uuid.uuid4()), "method": method, "params": params}
+        async with x402HttpxClient(signer, timeout=HTTP_TIMEOUT_SECONDS) as http:
+            response: httpx.Response = await http.post(f"{self.base_url}/", json=body)
+        return response
 
     async def send_text(
         self,

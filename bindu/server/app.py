@@ -10,6 +10,7 @@ from typing import Any
 
 from loguru import logger
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -28,9 +29,12 @@ from bindu.metrics import PAYWALL_RATE_LIMITED, PAYWALL_REFUSALS, QUEUE_REFUSALS
 from bindu.payments.paywall import Refusal
 from bindu.payments.records import META_ERROR, META_RECEIPTS, META_STATUS, PaymentStatus
 from bindu.server import jsonrpc
+from bindu.server.auth.authenticator import Authenticator
+from bindu.server.auth.middleware import AuthMiddleware, caller_of
+from bindu.server.auth.principal import Caller
 from bindu.server.client_address import client_key
 from bindu.server.embedded import serving
-from bindu.server.handlers import Handlers, parse_params
+from bindu.server.handlers import Handlers, SignInRequired, parse_params
 from bindu.server.jsonrpc import RpcError
 from bindu.server.observability import (
     PaymentGauges,
@@ -85,8 +89,9 @@ def rpc_response(body: dict[str, Any], status: int = 200, **kw: Any) -> JSONResp
 
 
 class RpcEndpoint:
-    def __init__(self, manager: TaskManager) -> None:
+    def __init__(self, manager: TaskManager, auth: Authenticator) -> None:
         self._tm = manager
+        self._auth = auth
         self._handlers = Handlers(manager)
         self._table = self._handlers.table()
         x402 = manager.settings.x402
@@ -108,18 +113,25 @@ class RpcEndpoint:
         except ClientDisconnect:  # gone before its body arrived: nobody to answer
             return Response(status_code=400)
         request_id: jsonrpc.RequestId = None
+        caller = caller_of(request.scope)
         try:
             rpc = jsonrpc.parse_request(body, max_depth=self._tm.settings.server.max_json_depth)
             request_id = rpc.id
             handler = self._table.get(rpc.method)
             if handler is None:
                 raise jsonrpc.method_not_found(rpc.method)
+            if caller is None and not self._auth.settings.anonymous_allowed:
+                if rpc.method == "message/send":
+                    return self._unauthenticated(rpc.id)
+                raise SignInRequired(self._unauthenticated_error())
             if rpc.method == "message/send":
                 # Before any payment work: nothing is accepted (or charged) that cannot run.
                 await self._tm.check_capacity()
             if rpc.method in self._protected:
-                return await self._paid(request, rpc, client)
-            return rpc_response(jsonrpc.result(rpc.id, await handler(rpc.params)))
+                return await self._paid(request, rpc, client, caller)
+            return rpc_response(jsonrpc.result(rpc.id, await handler(rpc.params, caller)))
+        except SignInRequired as exc:
+            return await self._sign_in(request_id, exc)
         except Busy as busy:
             QUEUE_REFUSALS.inc()
             return rpc_response(
@@ -151,7 +163,40 @@ class RpcEndpoint:
             return None
         return paywall.throttled(client)
 
-    async def _paid(self, request: Request, rpc: jsonrpc.RpcRequest, client: str) -> Response:
+    def _unauthenticated_error(self) -> RpcError:
+        return RpcError(jsonrpc.UNAUTHENTICATED, "Unauthenticated: credentials required")
+
+    def _unauthenticated(self, request_id: jsonrpc.RequestId) -> Response:
+        error = self._unauthenticated_error()
+        challenge = self._auth.www_authenticate()
+        headers = {"WWW-Authenticate": challenge} if challenge else None
+        return rpc_response(
+            jsonrpc.error(request_id, error.code, error.message), 401, headers=headers
+        )
+
+    async def _sign_in(self, request_id: jsonrpc.RequestId, needed: SignInRequired) -> Response:
+        """An anonymous caller asked for something only a principal may see: ask them to
+        sign in with their wallet (x402 sign-in-with-x, a 402 the SDK's client answers by
+        itself), else to authenticate (401), else answer as for an unknown task."""
+        sign_in = self._auth.sign_in
+        if sign_in is not None:
+            body, headers = await sign_in.challenge(
+                "sign in with the wallet that paid (SIGN-IN-WITH-X) or authenticate"
+            )
+            challenge = self._auth.www_authenticate()
+            if challenge:
+                headers["WWW-Authenticate"] = challenge
+            return JSONResponse(body, status_code=402, headers=headers)
+        if self._auth.settings.configured:
+            return self._unauthenticated(request_id)
+        fallback = needed.fallback
+        if isinstance(fallback, RpcError):
+            return rpc_response(jsonrpc.error(request_id, fallback.code, fallback.message))
+        return rpc_response(jsonrpc.result(request_id, fallback))
+
+    async def _paid(
+        self, request: Request, rpc: jsonrpc.RpcRequest, client: str, caller: Caller
+    ) -> Response:
         # Validate the request before looking at money, so bad input never costs anything.
         params = parse_params(MessageSendParams, rpc.params)
         task_id = new_id()
@@ -178,7 +223,7 @@ class RpcEndpoint:
                 jsonrpc.error(rpc.id, jsonrpc.PAYMENT_UNAVAILABLE, admitted.reason), 503
             )
         result = await self._handlers.message_send(
-            rpc.params, task_id=task_id, admission=admitted, now=now
+            rpc.params, caller, task_id=task_id, admission=admitted, now=now
         )
         return rpc_response(
             jsonrpc.result(rpc.id, result),
@@ -222,7 +267,9 @@ def settlement_headers(task: dict[str, Any], network: str) -> dict[str, str]:
     return {PAYMENT_RESPONSE_HEADER: encode_payment_response_header(answer)}
 
 
-def agent_card(settings: Settings, url: str) -> dict[str, Any]:
+def agent_card(
+    settings: Settings, url: str, auth: Authenticator, sign_in: dict[str, Any] | None = None
+) -> dict[str, Any]:
     server = settings.server
     card: dict[str, Any] = {
         "name": server.agent_name,
@@ -252,7 +299,27 @@ def agent_card(settings: Settings, url: str) -> dict[str, Any]:
             "payTo": x402.pay_to,
             "protectedMethods": x402.protected_methods,
         }
+        if sign_in is not None:
+            card["x402"]["extensions"] = sign_in
+    card.update(auth.card_security())
     return card
+
+
+def log_anonymous_access(settings: Settings, auth: Authenticator) -> None:
+    """One line at start-up when money is involved and nobody has to authenticate."""
+    if not settings.x402.enabled or settings.auth.configured:
+        return
+    reading = (
+        "read, cancel or configure a paid task only after signing in with the wallet "
+        "that paid (SIGN-IN-WITH-X)"
+        if auth.sign_in is not None
+        else "never read, cancel or configure a paid task (AUTH__SIWX=false: no one can)"
+    )
+    logger.warning(
+        "auth: payments on and no API keys or JWKS configured: anonymous callers may send "
+        "paid messages and use an unpaid task by its id; they list no tasks, and may {}",
+        reading,
+    )
 
 
 def create_app(
@@ -264,18 +331,22 @@ def create_app(
 ) -> Starlette:
     pin_recursion_limit()  # this module's imports brought py_ecc in
     state: dict[str, Any] = {}
+    auth = Authenticator(settings, settings.server.resource_url)
 
     metrics_socket = bind_metrics_socket(settings.metrics)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        log_anonymous_access(settings, auth)
+        sign_in = await auth.sign_in.declaration() if auth.sign_in is not None else None
         async with (
             TaskManager(settings, agent, storage=storage, services=services) as manager,
             AsyncExitStack() as stack,
         ):
             pin_recursion_limit()  # again, should start-up have imported more
             state["manager"] = manager
-            state["rpc"] = RpcEndpoint(manager)
+            state["sign_in"] = sign_in
+            state["rpc"] = RpcEndpoint(manager, auth)
             app.state.manager = manager
             if settings.metrics.served:
                 gauges = PaymentGauges(manager.storage, settings.metrics.refresh_seconds)
@@ -293,7 +364,7 @@ def create_app(
 
     async def card(request: Request) -> Response:
         manager: TaskManager = state["manager"]
-        return JSONResponse(agent_card(settings, manager.resource_url))
+        return JSONResponse(agent_card(settings, manager.resource_url, auth, state["sign_in"]))
 
     async def health(request: Request) -> Response:
         manager: TaskManager = state["manager"]
@@ -320,5 +391,6 @@ def create_app(
             Route("/health", health, methods=["GET"]),
             metrics_endpoint(settings.metrics, on_main_app=True),
         ],
+        middleware=[Middleware(AuthMiddleware, authenticator=auth, paths=frozenset({"/"}))],
         lifespan=lifespan,
     )

@@ -26,6 +26,7 @@ from bindu.failpoints import failpoint
 from bindu.payments.paywall import Admission
 from bindu.payments.records import META_STATUS, PaymentStatus, PaymentUpdate
 from bindu.payments.task_meta import with_payment_meta
+from bindu.server.auth.principal import Caller, may_access, owner_of_new_task
 from bindu.server.jsonrpc import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -40,7 +41,17 @@ M = TypeVar("M", bound=BaseModel)
 
 _CANCEL_REASON = "task canceled before settlement; never sent to /settle"
 
-Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+Handler = Callable[[dict[str, Any], Caller], Awaitable[Any]]
+
+
+class SignInRequired(Exception):
+    """An anonymous caller asked for what only a principal could see. The endpoint asks
+    them to sign in when the server offers a way; otherwise it answers ``fallback`` (the
+    error or result an unknown task or an empty listing gets: no oracle either way)."""
+
+    def __init__(self, fallback: RpcError | dict[str, Any]) -> None:
+        super().__init__("sign-in required")
+        self.fallback = fallback
 
 
 def parse_params(model: type[M], params: dict[str, Any]) -> M:
@@ -52,11 +63,20 @@ def parse_params(model: type[M], params: dict[str, Any]) -> M:
         raise RpcError(INVALID_PARAMS, f"Invalid params: {where}: {first['msg']}") from None
 
 
-def render(task: Task, history_length: int | None = None) -> dict[str, Any]:
+def render(
+    task: Task, history_length: int | None = None, *, artifacts: bool = True
+) -> dict[str, Any]:
     if history_length is not None:
         keep = task.history[-history_length:] if history_length else []
         task = task.model_copy(update={"history": keep})
+    if not artifacts:
+        task = task.model_copy(update={"artifacts": []})
     return task.wire()
+
+
+def not_found(task_id: str) -> RpcError:
+    # One answer for unknown tasks and other owners' tasks alike.
+    return RpcError(TASK_NOT_FOUND, f"Task not found: {task_id}")
 
 
 class Handlers:
@@ -96,9 +116,19 @@ class Handlers:
         task.history = [stored]
         return task
 
+    async def _task_for(self, task_id: str, caller: Caller) -> Task:
+        """The task if ``caller`` may use it; otherwise exactly what an unknown id gets."""
+        task = await self._storage.get_task(task_id)
+        if task is not None and may_access(task, caller):
+            return task
+        if caller is None:
+            raise SignInRequired(not_found(task_id))
+        raise not_found(task_id)
+
     async def message_send(
         self,
         raw: dict[str, Any],
+        caller: Caller,
         *,
         task_id: str | None = None,
         admission: Admission | None = None,
@@ -106,6 +136,7 @@ class Handlers:
     ) -> Any:
         params = parse_params(MessageSendParams, raw)
         task = self.new_task(params, task_id or new_id())
+        task.owner = owner_of_new_task(caller, admission.record.payer if admission else None)
         if admission is None:
             await self._storage.create_task(task)
         else:
@@ -132,19 +163,21 @@ class Handlers:
         stored = await self._storage.get_task(task.id)
         return render(stored or task, params.configuration.history_length)
 
-    async def tasks_get(self, raw: dict[str, Any]) -> Any:
+    async def tasks_get(self, raw: dict[str, Any], caller: Caller) -> Any:
         params = parse_params(TaskQueryParams, raw)
-        task = await self._storage.get_task(params.id)
-        if task is None:
-            raise RpcError(TASK_NOT_FOUND, f"Task not found: {params.id}")
+        task = await self._task_for(params.id, caller)
         return render(task, params.history_length)
 
-    async def tasks_list(self, raw: dict[str, Any]) -> Any:
+    async def tasks_list(self, raw: dict[str, Any], caller: Caller) -> Any:
         params = parse_params(TaskListParams, raw)
+        if caller is None:
+            # Anonymous callers own nothing, and ownerless tasks are never listed.
+            raise SignInRequired({"tasks": [], "nextPageToken": None})
         offset = 0
         if params.page_token is not None:  # digits only, at most 18 (checked by the model)
             offset = int(params.page_token)
         tasks = await self._storage.list_tasks(
+            owner=caller.id,
             context_id=params.context_id,
             state=params.state,
             limit=params.page_size + 1,
@@ -153,15 +186,13 @@ class Handlers:
         more = len(tasks) > params.page_size
         page = tasks[: params.page_size]
         return {
-            "tasks": [render(t, 0) for t in page],
+            "tasks": [render(t, 0, artifacts=params.include_artifacts) for t in page],
             "nextPageToken": str(offset + len(page)) if more else None,
         }
 
-    async def tasks_cancel(self, raw: dict[str, Any]) -> Any:
+    async def tasks_cancel(self, raw: dict[str, Any], caller: Caller) -> Any:
         params = parse_params(TaskIdParams, raw)
-        task = await self._storage.get_task(params.id)
-        if task is None:
-            raise RpcError(TASK_NOT_FOUND, f"Task not found: {params.id}")
+        task = await self._task_for(params.id, caller)
         canceled = task.with_status(TaskState.CANCELED, "canceled by the client")
         payment = await self._storage.get_payment_for_task(task.id)
         if payment is not None:
@@ -197,17 +228,15 @@ class Handlers:
         self._tm.notify(canceled)
         return render(canceled)
 
-    async def push_config_set(self, raw: dict[str, Any]) -> Any:
+    async def push_config_set(self, raw: dict[str, Any], caller: Caller) -> Any:
         params = parse_params(TaskPushNotificationConfig, raw)
-        if await self._storage.get_task(params.task_id) is None:
-            raise RpcError(TASK_NOT_FOUND, f"Task not found: {params.task_id}")
+        await self._task_for(params.task_id, caller)
         await self._storage.set_push_config(params.task_id, params.push_notification_config.wire())
         return params.wire()
 
-    async def push_config_get(self, raw: dict[str, Any]) -> Any:
+    async def push_config_get(self, raw: dict[str, Any], caller: Caller) -> Any:
         params = parse_params(TaskIdParams, raw)
-        if await self._storage.get_task(params.id) is None:
-            raise RpcError(TASK_NOT_FOUND, f"Task not found: {params.id}")
+        await self._task_for(params.id, caller)
         config = await self._storage.get_push_config(params.id)
         if config is None:
             raise RpcError(TASK_NOT_FOUND, f"No push notification config for task {params.id}")

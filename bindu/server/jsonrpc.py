@@ -29,6 +29,9 @@ PAYMENT_UNAVAILABLE = -32010
 RATE_LIMITED = -32011
 # bindu: no new work now (queue full, or shutting down); retry later. Nothing was charged.
 SERVER_BUSY = -32012
+# bindu: credentials missing or refused (HTTP 401), or not checkable right now (HTTP 503).
+UNAUTHENTICATED = -32030
+AUTH_UNAVAILABLE = -32031
 
 RequestId = str | int | None
 

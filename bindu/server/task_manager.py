@@ -193,8 +193,7 @@ class TaskManager:
 
     @property
     def resource_url(self) -> str:
-        server = self.settings.server
-        return (server.url or f"http://{server.host}:{server.port}").rstrip("/") + "/"
+        return self.settings.server.resource_url
 
     def _task_changed(self, task: Task) -> None:
         self.notify(task)
