@@ -69,7 +69,7 @@ def demo_settings(devnet: Devnet, storage_url: str, port: int) -> Settings:
 
 
 async def payment_state(client: PayingClient, task_id: str) -> dict[str, Any]:
-    reply = await client.rpc("tasks/get", {"id": task_id})
+    reply = await client.signed_in_rpc("tasks/get", {"id": task_id})
     task: dict[str, Any] = reply.json()["result"]
     return task
 

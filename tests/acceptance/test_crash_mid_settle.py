@@ -65,7 +65,9 @@ async def test_sigkill_during_settle_then_restart(devnet: Devnet, faults_reset, 
             async with PayingClient(second.url, payer) as client:
 
                 async def verdict() -> dict | None:
-                    got = (await client.rpc("tasks/get", {"id": task_id})).json()["result"]
+                    got = (await client.signed_in_rpc("tasks/get", {"id": task_id})).json()[
+                        "result"
+                    ]
                     status = got["metadata"].get("x402.payment.status")
                     return got if status == "payment-orphaned" else None
 

@@ -48,7 +48,7 @@ async def test_sigkill_during_fulfilment_never_runs_the_agent_twice(
         async with PayingClient(second.url, payer) as client:
 
             async def recorded() -> dict | None:
-                got = (await client.rpc("tasks/get", {"id": task_id})).json()["result"]
+                got = (await client.signed_in_rpc("tasks/get", {"id": task_id})).json()["result"]
                 status = got["metadata"].get("x402.payment.status")
                 return got if status == "payment-orphaned" else None
 

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from eth_account import Account
 
+from bindu.devnet import PayingClient
 from tests.support.servers import REPO, free_port
 from tests.support.waiting import until
 
@@ -129,10 +131,10 @@ async def test_runbook_from_alert_to_recorded_refund(tmp_path: Path):
                 env=env, cwd=tmp_path,
             )  # fmt: skip
             assert [p["id"] for p in json.loads(after.stdout)] == [orphan["id"]]
-            got = await http.post(
-                url + "/", json={"jsonrpc": "2.0", "id": 1, "method": "tasks/get",
-                                 "params": {"id": task["id"]}},
-            )  # fmt: skip
+            # A paid task is its payer's: read it signed in with the paying wallet.
+            payer = Account.from_key((tmp_path / "payer.key").read_text().strip())
+            async with PayingClient(url, payer) as client:
+                got = await client.signed_in_rpc("tasks/get", {"id": task["id"]})
             meta = got.json()["result"]["metadata"]
             assert meta["x402.payment.status"] == "payment-refunded"
             assert meta["x402.payment.refund"]["transaction"] == right["transaction"]

@@ -5,8 +5,14 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from bindu.server.auth.api_keys import key_digest
 from tests.support.servers import ServerProcess, rpc, text_message
 from tests.support.waiting import until
+
+# Anonymous callers list nobody's tasks: the listings below use a key (anonymous allowed too).
+KEY = "server-process-test-key"
+KEYED = {"AUTH__API_KEYS": f'{{"tester": "{key_digest(KEY)}"}}', "AUTH__ALLOW_ANONYMOUS": "true"}
+AS_TESTER = {"X-API-Key": KEY}
 
 
 @pytest.fixture(scope="module")
@@ -14,7 +20,11 @@ async def server(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("server")
     proc = ServerProcess(
         "bindu.examples.echo:agent",
-        {"STORAGE__URL": f"sqlite:///{tmp_path}/bindu.db", "SERVER__MAX_BODY_BYTES": "4096"},
+        {
+            "STORAGE__URL": f"sqlite:///{tmp_path}/bindu.db",
+            "SERVER__MAX_BODY_BYTES": "4096",
+            **KEYED,
+        },
         tmp_path / "server.log",
     )
     await proc.start()
@@ -77,40 +87,45 @@ async def _round_trip(server: ServerProcess) -> None:
 )
 async def test_bad_input_gets_the_matching_error(server, body, code):
     async with httpx.AsyncClient(timeout=10) as client:
-        reply = await client.post(server.url + "/", content=body)
+        reply = await client.post(server.url + "/", content=body, headers=AS_TESTER)
         assert reply.status_code < 500
         assert reply.json()["error"]["code"] == code
         # Nothing was created by bad input.
-        listed = await rpc(client, server.url, "tasks/list", {})
+        listed = await rpc(client, server.url, "tasks/list", {}, headers=AS_TESTER)
         assert listed.json()["result"]["tasks"] == []
 
 
 async def test_body_over_the_limit(server):
     async with httpx.AsyncClient(timeout=10) as client:
-        reply = await rpc(client, server.url, "message/send", text_message("x" * 10_000))
+        big = text_message("x" * 10_000)
+        reply = await rpc(client, server.url, "message/send", big, headers=AS_TESTER)
         assert reply.status_code == 413
         assert reply.json()["error"]["code"] == -32600
-        listed = await rpc(client, server.url, "tasks/list", {})
+        listed = await rpc(client, server.url, "tasks/list", {}, headers=AS_TESTER)
         assert listed.json()["result"]["tasks"] == []
 
 
 async def test_sigkill_and_restart_keeps_every_task(tmp_path):
-    env = {"STORAGE__URL": f"sqlite:///{tmp_path}/bindu.db"}
+    env = {"STORAGE__URL": f"sqlite:///{tmp_path}/bindu.db", **KEYED}
     first = await ServerProcess("bindu.examples.echo:agent", env, tmp_path / "a.log").start()
     ids = []
     async with httpx.AsyncClient(timeout=10) as client:
         for i in range(20):
-            reply = await rpc(client, first.url, "message/send", text_message(f"m{i}"))
+            message = text_message(f"m{i}")
+            reply = await rpc(client, first.url, "message/send", message, headers=AS_TESTER)
             ids.append(reply.json()["result"]["id"])
         first.kill()
         second = await ServerProcess("bindu.examples.echo:agent", env, tmp_path / "b.log").start()
         try:
             for i, task_id in enumerate(ids):
-                got = (await rpc(client, second.url, "tasks/get", {"id": task_id})).json()
+                got = (
+                    await rpc(client, second.url, "tasks/get", {"id": task_id}, headers=AS_TESTER)
+                ).json()
                 task = got["result"]
                 assert task["status"]["state"] == "completed"
                 assert task["artifacts"][0]["parts"][0]["text"] == f"echo: m{i}"
-            listed = await rpc(client, second.url, "tasks/list", {"pageSize": 500})
+            page = {"pageSize": 500}
+            listed = await rpc(client, second.url, "tasks/list", page, headers=AS_TESTER)
             assert {t["id"] for t in listed.json()["result"]["tasks"]} == set(ids)
         finally:
             second.stop()

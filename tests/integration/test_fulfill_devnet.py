@@ -28,7 +28,7 @@ def fulfill_env(devnet: Devnet, **extra: str) -> dict[str, str]:
 
 
 async def payment_status(client: PayingClient, task_id: str) -> dict:
-    return (await client.rpc("tasks/get", {"id": task_id})).json()["result"]
+    return (await client.signed_in_rpc("tasks/get", {"id": task_id})).json()["result"]
 
 
 async def test_orphan_is_fulfilled_with_artifacts(

@@ -168,7 +168,7 @@ async def test_invalid_payments_get_402_and_no_work(
 
 
 async def _task_count(client: PayingClient) -> int:
-    reply = await client.rpc("tasks/list", {"pageSize": 500})
+    reply = await client.signed_in_rpc("tasks/list", {"pageSize": 500})
     return len(reply.json()["result"]["tasks"])
 
 

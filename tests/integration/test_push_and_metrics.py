@@ -75,13 +75,15 @@ async def test_push_reaches_the_client_for_each_verdict_despite_downtime(
         reply = await client.rpc("message/send", params, await paid_headers(client))
         void = reply.json()["result"]["id"]
         faults_reset.reset()
-        got = (await client.rpc("tasks/pushNotificationConfig/get", {"id": orphan})).json()
+        got = (
+            await client.signed_in_rpc("tasks/pushNotificationConfig/get", {"id": orphan})
+        ).json()
         assert got["result"]["pushNotificationConfig"]["url"] == push["url"]
 
         async def verdicts_written() -> bool:
             states = []
             for task_id in (orphan, void):
-                task = (await client.rpc("tasks/get", {"id": task_id})).json()["result"]
+                task = (await client.signed_in_rpc("tasks/get", {"id": task_id})).json()["result"]
                 states.append(task["metadata"]["x402.payment.status"])
             return states == ["payment-orphaned", "payment-void"]
 
@@ -139,7 +141,7 @@ async def test_metrics_parse_and_move(devnet: Devnet, faults_reset, tmp_path):
         faults_reset.reset()
 
         async def orphaned() -> bool:
-            task = (await client.rpc("tasks/get", {"id": lost})).json()["result"]
+            task = (await client.signed_in_rpc("tasks/get", {"id": lost})).json()["result"]
             return task["metadata"]["x402.payment.status"] == "payment-orphaned"
 
         await until(orphaned, timeout=30, what="orphaned verdict")

@@ -35,7 +35,7 @@ async def paid_server(devnet: Devnet, tmp_path, **env: str) -> AsyncIterator[str
 
 
 async def task_of(client: PayingClient, task_id: str) -> dict[str, Any]:
-    return (await client.rpc("tasks/get", {"id": task_id})).json()["result"]
+    return (await client.signed_in_rpc("tasks/get", {"id": task_id})).json()["result"]
 
 
 async def wait_for_status(client: PayingClient, task_id: str, status: str, timeout: float = 30):
@@ -135,7 +135,7 @@ async def test_settlement_pending_then_mined_is_orphaned_with_that_hash(
             settles = devnet.stats.settle
             pending_hash = devnet.stats.settle_transactions[-1]
             # While the transfer is unmined the reconciler keeps waiting: nothing is final.
-            await client.rpc("tasks/get", {"id": task["id"]})
+            await client.signed_in_rpc("tasks/get", {"id": task["id"]})
             assert (await task_of(client, task["id"]))["metadata"][
                 "x402.payment.status"
             ] == "payment-failed"
