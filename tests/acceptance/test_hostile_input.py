@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from bindu.devnet import Devnet, PayingClient
+from bindu.server.auth.api_keys import key_digest
 from tests.support.hostile import (
     LONE_SURROGATE,
     VALID_PARAMS,
@@ -29,7 +30,11 @@ BODY_LIMIT = 2_000_000
 async def server(devnet: Devnet, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("hostile")
     env = devnet.server_env(
-        STORAGE__URL=f"sqlite:///{tmp_path}/bindu.db", SERVER__MAX_BODY_BYTES=str(BODY_LIMIT)
+        STORAGE__URL=f"sqlite:///{tmp_path}/bindu.db",
+        SERVER__MAX_BODY_BYTES=str(BODY_LIMIT),
+        # Anonymous reads answer as for an unknown task (JSON-RPC), not with the wallet
+        # sign-in challenge (an x402 402 body): every answer here is a JSON-RPC error.
+        AUTH__SIWX="false",
     )
     proc = await ServerProcess("bindu.examples.echo:agent", env, tmp_path / "server.log").start()
     proc.db = tmp_path / "bindu.db"  # type: ignore[attr-defined]
@@ -191,10 +196,15 @@ async def test_a_paid_request_works_afterwards(server, devnet: Devnet):
 
 
 async def test_a_stored_task_that_cannot_encode_breaks_no_listing(tmp_path):
-    env = {"STORAGE__URL": f"sqlite:///{tmp_path}/bindu.db"}
+    # Listings are per owner: this caller has a key (anonymous callers list nothing).
+    key = "unencodable-test-key"
+    env = {
+        "STORAGE__URL": f"sqlite:///{tmp_path}/bindu.db",
+        "AUTH__API_KEYS": json.dumps({"tester": key_digest(key)}),
+    }
     proc = await ServerProcess("tests.support.agents:unencodable", env, tmp_path / "u.log").start()
     try:
-        async with httpx.AsyncClient(timeout=30) as client:
+        async with httpx.AsyncClient(timeout=30, headers={"X-API-Key": key}) as client:
             reply = await rpc(client, proc.url, "message/send", text_message("hi"))
             assert reply.status_code == 200
             task = reply.json()["result"]
