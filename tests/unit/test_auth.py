@@ -94,3 +94,17 @@ def test_anonymous_access_defaults_follow_the_configured_accounts(monkeypatch):
     assert keyed.configured and not keyed.anonymous_allowed
     monkeypatch.setenv("AUTH__ALLOW_ANONYMOUS", "true")
     assert load_settings(_env_file=None).auth.anonymous_allowed
+
+
+async def test_sign_in_origin_is_the_public_urls_origin_even_behind_a_path():
+    from bindu.server.auth.siwx import SignIn
+
+    sign_in = SignIn("https://agents.example.com/bindu/", "eip155:8453", 300)
+    assert sign_in.origin == "https://agents.example.com"
+    declared = (await sign_in.declaration())["sign-in-with-x"]
+    assert declared["info"]["domain"] == "agents.example.com"
+    assert declared["info"]["uri"] == "https://agents.example.com/bindu/"
+    assert "nonce" not in declared["info"] and "issuedAt" not in declared["info"]
+    body, headers = await sign_in.challenge("sign in")
+    assert body["accepts"] == [] and body["extensions"]["sign-in-with-x"]["info"]["nonce"]
+    assert "PAYMENT-REQUIRED" in headers

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from typing import Any
+from urllib.parse import urlparse
 
 from x402 import x402ResourceServer
 from x402.extensions.sign_in_with_x import (
@@ -67,7 +68,9 @@ class UsedNonces:
 
 class SignIn:
     def __init__(self, resource_url: str, network: str, max_age_seconds: int) -> None:
-        self.origin = normalize_configured_origin(resource_url.rstrip("/"))
+        # The origin alone: SERVER__URL may carry a path (a server behind a proxy prefix).
+        url = urlparse(resource_url)
+        self.origin = normalize_configured_origin(f"{url.scheme}://{url.netloc}")
         self._networks = {network}
         self._max_age_seconds = max_age_seconds
         self._resource = ResourceInfo(
