@@ -12,6 +12,7 @@ import pytest
 from bindu.a2a import TaskState
 from bindu.errors import StorageError
 from bindu.storage.base import Storage
+from bindu.storage.queries import load_queries
 
 from .conftest import T0, Backend
 from .test_storage_conformance import make_task
@@ -177,3 +178,27 @@ async def test_claim_refuses_a_negative_limit(storage: Storage) -> None:
     with pytest.raises(StorageError):
         await storage.claim_due_tasks(now=at(0), limit=-1, owner="a", lease_seconds=1)
     assert await claim(storage, 1000) == ["t1"]  # nothing was leased
+
+
+async def test_claim_due_tasks_uses_the_queue_index(sql_backend: Backend) -> None:
+    storage = await sql_backend.handle()
+    for n in range(5):
+        await storage.create_task(make_task(f"t{n}"))
+    if sql_backend.name == "sqlite":
+        query = load_queries("sqlite")["claim_due_tasks"]
+        params = {"now": "x", "limit": 5, "owner": "w", "lease_expires_at": "y"}
+        plan = "\n".join(
+            str(row[-1]) for row in await sql_backend.execute(f"EXPLAIN QUERY PLAN {query}", params)
+        )
+        assert "USING INDEX tasks_queue" in plan, plan
+    else:
+        query = load_queries("postgres")["claim_due_tasks"]
+        params = {"now": at(10), "limit": 5, "owner": "w", "lease_expires_at": at(20)}
+        plan = "\n".join(
+            row["QUERY PLAN"]
+            for row in await sql_backend.execute(
+                f"EXPLAIN {query}", params, session=["SET enable_seqscan = off"]
+            )
+        )
+        assert "tasks_queue" in plan, plan
+        assert "Seq Scan on tasks" not in plan, plan
