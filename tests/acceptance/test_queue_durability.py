@@ -93,16 +93,18 @@ async def test_queued_tasks_survive_sigkill_and_each_runs_once(tmp_path):
     finally:
         second.stop()
     ran = runs(runs_file)
-    assert set(ran) == set(ids) and set(ran.values()) == {1}  # every task ran, once
+    assert set(ran.values()) == {1}  # no task ran twice
     failed = [t for t in final.values() if t["status"]["state"] == "failed"]
-    # At most the one run the kill interrupted fails (the agent is not idempotent) ...
+    # At most the one run the kill interrupted fails (the agent is not idempotent: it may
+    # or may not have started, so it is not run again) ...
     assert len(failed) <= 1
     for task in failed:
         assert INTERRUPTED in task["status"]["message"]["parts"][0]["text"]
-        assert task["id"] in ran_before
-    # ... and everything else completed, in the order it was queued (one worker).
-    assert all(t["status"]["state"] in ("completed", "failed") for t in final.values())
-    assert list(ran) == ids
+        assert ran[task["id"]] == ran_before[task["id"]]  # never run after the restart
+    # ... and every other task completed, after one run, in the order it was queued.
+    completed = [i for i in ids if final[i]["status"]["state"] == "completed"]
+    assert len(completed) == TASKS - len(failed)
+    assert [i for i in ran if i in completed] == completed
 
 
 @pytest.mark.postgres
@@ -133,7 +135,7 @@ async def test_two_replicas_one_killed_mid_run_the_other_finishes_its_tasks(tmp_
             doomed.kill()
             other.stop()
     ran = runs(runs_file)
-    assert set(ran) == set(ids) and set(ran.values()) == {1}
+    assert set(ran) <= set(ids) and set(ran.values()) == {1}  # none ran twice
     failed = {i for i, t in final.items() if t["status"]["state"] == "failed"}
     # Only runs the kill interrupted fail (at most one per worker of the killed replica);
     # the other replica took them once their leases ran out, and ran everything else.
@@ -141,6 +143,6 @@ async def test_two_replicas_one_killed_mid_run_the_other_finishes_its_tasks(tmp_
     for task_id in failed:
         assert INTERRUPTED in final[task_id]["status"]["message"]["parts"][0]["text"]
     completed = {i for i, t in final.items() if t["status"]["state"] == "completed"}
-    assert completed | failed == set(ids)
+    assert completed | failed == set(ids) and completed <= set(ran)
     log = (tmp_path / "b.log").read_text()
     assert "interrupted" in log or not failed
