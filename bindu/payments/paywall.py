@@ -42,7 +42,7 @@ from x402.schemas import PaymentPayload, PaymentRequirements, ResourceConfig, Re
 from bindu.a2a import new_id
 from bindu.jsontext import JsonRefused, strict_loads
 from bindu.payments.ratelimit import Clock, RefusalLimits
-from bindu.payments.records import PaymentRecord, PaymentStatus
+from bindu.payments.records import PaymentRecord, PaymentStatus, wire
 from bindu.payments.settle import SettleOutcome, settle_with_deadline, verify_refusal
 from bindu.payments.signature import SignatureCheck, check_signature
 from bindu.settings import X402Settings
@@ -160,7 +160,7 @@ class Paywall:
         required = await self._server.create_payment_required_response(
             self.requirements, self._resource, error
         )
-        body = required.model_dump(mode="json", by_alias=True, exclude_none=True)
+        body = wire(required)
         return body, {PAYMENT_REQUIRED_HEADER: encode_payment_required_header(required)}
 
     def throttled(self, client: str) -> Refusal | None:
@@ -343,8 +343,8 @@ def new_record(
         nonce=auth.nonce.lower(),
         valid_after=int(auth.valid_after),
         valid_before=int(auth.valid_before),
-        payload=payload.model_dump(mode="json", by_alias=True, exclude_none=True),
-        requirements=requirements.model_dump(mode="json", by_alias=True, exclude_none=True),
+        payload=wire(payload),
+        requirements=wire(requirements),
         created_at=now,
         updated_at=now,
     )

@@ -11,6 +11,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from pydantic import BaseModel
+
 # Task-metadata keys that show the payment state to A2A clients.
 META_STATUS = "x402.payment.status"
 META_RECEIPTS = "x402.payment.receipts"
@@ -186,3 +188,9 @@ class PaymentUpdate:
     verdict_at: datetime | None = None
     refund: Refund | None = None
     release_lease: bool = False
+
+
+def wire(model: BaseModel) -> dict[str, Any]:
+    """An x402 model as the wire carries it (JSON types, camelCase names, no empty fields):
+    the form kept on records and sent in 402 bodies."""
+    return model.model_dump(mode="json", by_alias=True, exclude_none=True)

@@ -17,6 +17,8 @@ from typing import Any
 
 from x402.schemas import SettleResponse
 
+from bindu.payments.records import wire
+
 SETTLEMENT_PENDING = "settlement_pending"
 _HTTP_ERROR = re.compile(r"^Facilitator (?:settle|verify) failed \((\d{3})\): (.*)$", re.S)
 _TX_HASH = re.compile(r"^0x[0-9a-fA-F]{64}$")
@@ -42,7 +44,7 @@ def _tx(value: Any) -> str | None:
 
 def from_response(response: SettleResponse) -> SettleOutcome:
     # The SDK never serializes extension_responses (its side channel): nothing to drop.
-    answer = response.model_dump(mode="json", by_alias=True, exclude_none=True)
+    answer = wire(response)
     tx = _tx(response.transaction)
     if response.success:
         return SettleOutcome(SettleKind.SETTLED, None, tx, answer)

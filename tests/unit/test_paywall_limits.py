@@ -179,13 +179,14 @@ async def test_a_smart_wallet_signature_reaches_the_facilitator_and_success_draw
 ):
     wall, verify, _ = paywall
     payment = with_signature(await signed(wall), "0x" + "12" * 300)  # EIP-1271-sized
-    assert isinstance(await admit(wall, header(payment)), Admission)
+    out = await admit(wall, header(payment))
+    assert isinstance(out, Admission) and out.record.task_id == "task"
     assert verify.call_count == 1
     assert len(wall.limits.clients) == 0
     assert wall.limits.smart_wallets is not None and len(wall.limits.smart_wallets) == 0
 
 
-async def test_smart_wallet_attempts_are_rationed_server_wide(paywall):
+async def test_smart_wallet_attempts_are_rationed_server_wide(paywall, clock):
     wall, verify, _ = paywall
     verify.respond(200, json={"isValid": False, "invalidReason": "invalid_signature"})
     for n in range(2):
@@ -193,11 +194,16 @@ async def test_smart_wallet_attempts_are_rationed_server_wide(paywall):
         assert (await admit(wall, header(payment), client=f"198.51.100.{n}")).status == 402
     payment = with_signature(await signed(wall), "0x" + "34" * 64)
     limited = await admit(wall, header(payment), client="198.51.100.7")
-    assert limited.status == 429 and limited.scope == "smart-wallet"
+    reason = "too many smart-wallet payments awaiting the facilitator"
+    assert limited == Refusal(429, reason, retry_after=pytest.approx(10.0), scope="smart-wallet")
     assert verify.call_count == 2
     # Each refused attempt was charged to its client too.
     assert wall.limits.clients.wait("198.51.100.0") == 0  # 2 of 3 tokens left
     assert len(wall.limits.clients) == 2
+    # Half a second short of a token is still a wait.
+    clock.now += 9.5
+    limited = await admit(wall, header(payment), client="198.51.100.7")
+    assert limited == Refusal(429, reason, retry_after=pytest.approx(0.5), scope="smart-wallet")
 
 
 async def test_an_unreachable_facilitator_gives_the_smart_wallet_budget_back(paywall):
@@ -211,7 +217,7 @@ async def test_an_unreachable_facilitator_gives_the_smart_wallet_budget_back(pay
     assert await storage.list_payments() == []
 
 
-@pytest.mark.parametrize("limits", [{"smart_wallet_burst": 0}])
+@pytest.mark.parametrize("limits", [{"smart_wallet_burst": 0, "client_burst": 1}])
 async def test_smart_wallets_can_be_refused_outright(paywall):
     wall, verify, _ = paywall
     payment = with_signature(await signed(wall), "0x" + "78" * 64)
@@ -219,3 +225,5 @@ async def test_smart_wallets_can_be_refused_outright(paywall):
     assert out == Refusal(402, "payment invalid: smart-wallet signatures are not accepted")
     assert verify.call_count == 0
     assert len(wall.limits.clients) == 1
+    # Charged to the client that sent it: its burst of one is spent.
+    assert (await admit(wall, header(payment))).status == 429
