@@ -249,7 +249,7 @@ class Paywall:
         problem = self._check_authorization(inner, requirements, now)
         if problem:
             return Refusal(402, problem)
-        signature = check_signature(inner.authorization, inner.signature or "", requirements)
+        signature = check_signature(inner.authorization, inner.signature, requirements)
         if signature is SignatureCheck.FORGED:
             return Refusal(402, f"payment invalid: {ERR_INVALID_SIGNATURE}")
         return _Checked(payload, requirements, inner, signature)

@@ -44,7 +44,7 @@ class SignatureCheck(Enum):
 
 def check_signature(
     authorization: ExactEIP3009Authorization,
-    signature: str,
+    signature: str | None,
     requirements: PaymentRequirements,
 ) -> SignatureCheck:
     """Judge ``signature`` over ``authorization`` for the token named by ``requirements``.

@@ -275,7 +275,8 @@ async def test_an_unanswered_verify_is_a_503_and_nothing_is_kept(paywall, reply)
         raise AssertionError("unreachable")
 
     mock.routes[1].side_effect = httpx.ConnectError("refused") if reply == "unreachable" else silent
-    out = await wall.admit(header(payment(wall)), "t", NOW)
+    async with asyncio.timeout(10):  # a verify deadline that no longer holds fails, not hangs
+        out = await wall.admit(header(payment(wall)), "t", NOW)
     assert out == Refusal(503, "payment facilitator unavailable; nothing was charged")
     assert await storage.list_payments() == []
 
@@ -412,5 +413,6 @@ async def test_settle_gives_up_at_the_settle_deadline(paywall):
         raise AssertionError("unreachable")
 
     mock.post(f"{FACILITATOR}/settle").side_effect = silent
-    out = await wall.settle(payment(wall), wall.requirements[0])
+    async with asyncio.timeout(10):  # a settle deadline that no longer holds fails, not hangs
+        out = await wall.settle(payment(wall), wall.requirements[0])
     assert (out.kind, out.reason) == (SettleKind.FAILED, "settle_timeout: no answer within 0.2s")

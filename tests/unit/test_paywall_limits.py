@@ -141,7 +141,7 @@ async def test_unpaid_calls_and_successful_payments_draw_nothing(paywall):
     assert (await admit(wall, await forged(wall))).status == 402
 
 
-async def test_a_payer_refused_by_the_facilitator_is_limited_from_any_address(paywall):
+async def test_a_payer_refused_by_the_facilitator_is_limited_from_any_address(paywall, clock):
     wall, verify, storage = paywall
     verify.respond(200, json=BROKE)
     payer = Account.create()
@@ -149,9 +149,15 @@ async def test_a_payer_refused_by_the_facilitator_is_limited_from_any_address(pa
         out = await admit(wall, header(await signed(wall, payer)), client=f"198.51.100.{n}")
         assert out.status == 402 and "insufficient_balance" in out.reason
     limited = await admit(wall, header(await signed(wall, payer)), client="198.51.100.9")
-    assert limited.status == 429 and limited.scope == "payer"
+    reason = "too many refused payments by this payer"
+    assert limited == Refusal(429, reason, retry_after=pytest.approx(10.0), scope="payer")
+    assert wall.limits.payers.wait(payer.address.lower()) == pytest.approx(10.0)
     assert verify.call_count == 2
     assert await storage.list_payments() == []  # refused claims are released
+    # Half a second short of a token is still a wait.
+    clock.now += 9.5
+    limited = await admit(wall, header(await signed(wall, payer)), client="198.51.100.8")
+    assert limited == Refusal(429, reason, retry_after=pytest.approx(0.5), scope="payer")
     # Someone else from the same addresses is not affected by that payer's budget.
     verify.respond(200, json=VALID)
     assert isinstance(await admit(wall, header(await signed(wall)), "198.51.100.0"), Admission)
