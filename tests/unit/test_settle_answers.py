@@ -10,7 +10,6 @@ from x402.schemas import SettleResponse
 
 from bindu.payments.settle import (
     SettleKind,
-    SettleOutcome,
     from_http_error,
     from_response,
     settle_with_deadline,
@@ -234,7 +233,8 @@ async def test_settle_with_deadline_gives_up_at_the_deadline():
     async with asyncio.timeout(10):  # a deadline that no longer holds fails, not hangs
         out = await settle_with_deadline(silent(), 0.05)
     reason = "settle_timeout: no answer within 0.05s"
-    assert out == SettleOutcome(SettleKind.FAILED, reason, None, {"error": reason})
+    assert (out.kind, out.reason, out.transaction) == (SettleKind.FAILED, reason, None)
+    assert out.answer == {"error": reason}
 
 
 async def test_settle_with_deadline_reads_an_error_reply():
