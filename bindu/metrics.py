@@ -54,6 +54,11 @@ WEBHOOK_FAILURES = Counter(
 PUSH_DELIVERIES = Counter(
     "bindu_push_notifications_total", "Push notifications by final outcome", ["outcome"]
 )
+OUTBOX_DELIVERIES = Counter(
+    "bindu_outbox_events_total",
+    "Outbox events by kind (push, webhook) and final status (delivered, dropped)",
+    ["kind", "status"],
+)
 
 
 def record_payment_stats(stats: dict[PaymentStatus, StatusStats], now: datetime) -> None:

@@ -344,6 +344,56 @@ class AuthSettings(BaseModel):
         return self
 
 
+class PushSettings(BaseModel):
+    """A2A push notifications: where they may go and how they are signed."""
+
+    # Hosts a client's push URL may name even though they resolve to internal addresses.
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # PEM EC P-256 private key signing the notifications' JWTs; generated at start-up if unset.
+    signing_key_file: str | None = None
+    # One delivery attempt, connect to answer (seconds).
+    timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _hosts_csv(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [h for h in value.split(",") if h.strip()]
+        if isinstance(value, list):
+            hosts = [
+                str(h).strip().lower().removeprefix("[").removesuffix("]").rstrip(".")
+                for h in value
+            ]
+            for host in hosts:
+                if not re.fullmatch(r"[a-z0-9.:_-]+", host):
+                    raise ValueError(f"{host!r} is not a host name or address")
+            return hosts
+        return value
+
+    @field_validator("signing_key_file")
+    @classmethod
+    def _readable_key(cls, value: str | None) -> str | None:
+        if value is not None:
+            from bindu.signing import load_signing_key
+
+            load_signing_key(value)
+        return value
+
+
+class OutboxSettings(BaseModel):
+    """The delivery of push notifications and operator webhooks from the outbox table."""
+
+    # How often a replica looks for due events written elsewhere (seconds).
+    poll_seconds: float = Field(default=1.0, gt=0, le=60)
+    # A failing destination is retried after this, doubling per failure up to the cap (s).
+    first_retry_seconds: float = Field(default=1.0, gt=0)
+    max_retry_seconds: float = Field(default=300.0, gt=0)
+    # Attempts per event before it is dropped (and counted, and logged).
+    max_attempts: int = Field(default=30, ge=1, le=10_000)
+    # Deliveries in flight at once per replica.
+    concurrency: int = Field(default=16, ge=1, le=1024)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_nested_delimiter="__",
@@ -358,6 +408,9 @@ class Settings(BaseSettings):
     x402: X402Settings = Field(default_factory=X402Settings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+
+    push: PushSettings = Field(default_factory=PushSettings)
+    outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     log_level: str = "INFO"
 
 

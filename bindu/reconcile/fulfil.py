@@ -19,6 +19,7 @@ from x402.schemas import PaymentPayload, PaymentRequirements
 
 from bindu.a2a import Task, TaskState, utcnow
 from bindu.metrics import PAYMENTS, VERDICTS
+from bindu.payments.events import TaskListener, alert_events, log_alert, task_notice
 from bindu.payments.records import (
     META_RECOVERED,
     PaymentRecord,
@@ -28,9 +29,7 @@ from bindu.payments.records import (
 )
 from bindu.payments.settle import SettleKind, settle_with_deadline
 from bindu.payments.task_meta import with_payment_meta
-from bindu.reconcile.alerts import Alerts, payment_event
 from bindu.reconcile.verdict import Decision, Rules, Verdict, next_check
-from bindu.server.push import TaskListener
 from bindu.server.runner import AgentFailed
 from bindu.storage.base import Storage
 
@@ -48,7 +47,6 @@ class Fulfilment:
         rules: Rules,
         settle_timeout: float,
         fulfil_timeout: float,
-        alerts: Alerts,
         notify: TaskListener,
     ) -> None:
         self._storage = storage
@@ -58,7 +56,6 @@ class Fulfilment:
         self._rules = rules
         self._settle_timeout = settle_timeout
         self._fulfil_timeout = fulfil_timeout
-        self._alerts = alerts
         self._notify = notify
 
     async def run(self, record: PaymentRecord, decision: Decision, now: datetime) -> bool:
@@ -85,6 +82,7 @@ class Fulfilment:
             now=now,
             lease_owner=self._owner,
             task=working,
+            events=[task_notice(working)],
         )
         if claimed is None:
             return False
@@ -162,6 +160,7 @@ class Fulfilment:
             ),
             now=now,
             task=done,
+            events=[task_notice(done)],
         )
         if written is None:
             logger.error("fulfil: payment {} was taken back while its agent ran", record.id)
@@ -180,18 +179,22 @@ class Fulfilment:
             receipt=receipt,
             error=reason,
         )
+        orphaned = record.evolve(status=PaymentStatus.ORPHANED, verdict_at=now, updated_at=now)
+        alerts = alert_events(orphaned, Verdict.ORPHANED.value, reason, receipt)
         written = await self._storage.transition_payment(
             record.id,
             {PaymentStatus.FULFILLING},
             PaymentUpdate(status=PaymentStatus.ORPHANED, error=reason, verdict_at=now),
             now=now,
             task=failed,
+            events=[task_notice(failed), *alerts],
         )
         if written is not None:
             PAYMENTS.labels(PaymentStatus.ORPHANED.value).inc()
             VERDICTS.labels(Verdict.ORPHANED.value).inc()
             self._notify(failed)
-            self._alerts.emit(payment_event(written, Verdict.ORPHANED, reason, receipt))
+            for alert in alerts:
+                log_alert(alert)
 
     async def abandon(self, record: PaymentRecord, now: datetime) -> bool:
         """A fulfilment whose process died: back to payment-failed for a normal verdict."""

@@ -25,14 +25,19 @@ from x402.schemas import PaymentPayload, PaymentRequirements
 
 from bindu.a2a import Task, TaskState, utcnow
 from bindu.metrics import PASS_SECONDS, PAYMENTS, RECONCILE_ERRORS, VERDICTS
+from bindu.payments.events import (
+    OutboxEvent,
+    TaskListener,
+    alert_events,
+    log_alert,
+    task_notice,
+)
 from bindu.payments.records import PaymentRecord, PaymentStatus, PaymentUpdate
 from bindu.payments.task_meta import with_payment_meta
-from bindu.reconcile.alerts import Alerts, payment_event
 from bindu.reconcile.evidence import Corrupt, Evidence, ProbeFailure
 from bindu.reconcile.fulfil import Fulfil, Fulfilment
 from bindu.reconcile.probes import ChainProbe, FacilitatorProbe
 from bindu.reconcile.verdict import Decision, Rules, Verdict, decide
-from bindu.server.push import TaskListener
 from bindu.settings import X402Settings
 from bindu.storage.base import Storage
 
@@ -73,7 +78,6 @@ class Reconciler:
         settings: X402Settings,
         *,
         facilitator: HTTPFacilitatorClient | None,
-        alerts: Alerts | None = None,
         owner: str | None = None,
         fulfil: Fulfil | None = None,
         notify: TaskListener | None = None,
@@ -86,7 +90,6 @@ class Reconciler:
         self._facilitator = (
             FacilitatorProbe(facilitator, settings.verify_timeout_seconds) if facilitator else None
         )
-        self._alerts = alerts or Alerts(self._config.webhook_url)
         self.owner = owner or default_owner()
         policy = self._config.policy
         if policy == "fulfill" and fulfil is None:
@@ -100,6 +103,7 @@ class Reconciler:
         )
         self._semaphore = asyncio.Semaphore(self._config.concurrency)
         self._woken = asyncio.Event()
+        # In-process observers of a task change that won (the outbox has its notification).
         self._notify: TaskListener = notify or (lambda task: None)
         self._fulfilment = Fulfilment(
             storage,
@@ -109,7 +113,6 @@ class Reconciler:
             rules=self.rules,
             settle_timeout=settings.settle_timeout_seconds,
             fulfil_timeout=self._config.fulfil_timeout_seconds,
-            alerts=self._alerts,
             notify=self._notify,
         )
 
@@ -132,7 +135,6 @@ class Reconciler:
 
     async def close(self) -> None:
         await self._chain.close()
-        await self._alerts.aclose()
 
     async def run_pass(self, now: datetime | None = None) -> list[Outcome]:
         started = time.perf_counter()
@@ -266,17 +268,34 @@ class Reconciler:
             release_lease=True,
         )
         task = await self._task_after(record, status, decision)
+        judged = record.evolve(
+            status=status,
+            attempts=decision.attempts,
+            settle_tx=update.settle_tx or record.settle_tx,
+            verdict_at=now,
+            updated_at=now,
+        )
+        alerts = alert_events(
+            judged, decision.verdict.value, decision.reason, receipt, decision.attempts
+        )
+        events: list[OutboxEvent] = [*alerts]
+        if task is not None:
+            events.insert(0, task_notice(task))
         done = await self._storage.transition_payment(
-            record.id, {record.status}, update, now=now, lease_owner=owner, task=task
+            record.id,
+            {record.status},
+            update,
+            now=now,
+            lease_owner=owner,
+            task=task,
+            events=events,
         )
         if done is None:
             logger.info("verdict for payment {} lost the race; another writer won", record.id)
             return False
         PAYMENTS.labels(status.value).inc()
         VERDICTS.labels(decision.verdict.value).inc()
-        self._alerts.emit(
-            payment_event(done, decision.verdict.value, decision.reason, receipt, decision.attempts)
-        )
+        _log_verdict(done, decision, receipt, alerts)
         if task is not None:
             self._notify(task)
         return True
@@ -293,6 +312,24 @@ class Reconciler:
             # The process died before the work was delivered (mid-settle or mid-fulfilment).
             task = task.with_status(TaskState.FAILED, "server stopped during payment settlement")
         return task
+
+
+def _log_verdict(
+    record: PaymentRecord, decision: Decision, receipt: Any, alerts: list[OutboxEvent]
+) -> None:
+    for alert in alerts:
+        log_alert(alert)
+    if not alerts:  # void: no page, a line
+        logger.info(
+            "payment.{}: task={} payment={} payer={} amount={} tx={} reason={}",
+            decision.verdict.value,
+            record.task_id,
+            record.id,
+            record.payer,
+            record.amount,
+            receipt.transaction if receipt else record.settle_tx,
+            decision.reason,
+        )
 
 
 def corruption(record: PaymentRecord) -> str | None:

@@ -201,6 +201,8 @@ class RpcEndpoint:
         params = parse_params(MessageSendParams, rpc.params)
         task_id = new_id()
         self._handlers.new_task(params, task_id)
+        push = params.configuration.push_notification_config
+        await self._handlers.check_push(push, "configuration.pushNotificationConfig")
         paywall = self._tm.paywall
         if paywall is None or not await paywall.ready():
             PAYWALL_REFUSALS.labels("503").inc()
@@ -366,6 +368,10 @@ def create_app(
         manager: TaskManager = state["manager"]
         return JSONResponse(agent_card(settings, manager.resource_url, auth, state["sign_in"]))
 
+    async def jwks(request: Request) -> Response:
+        manager: TaskManager = state["manager"]
+        return JSONResponse(manager.signer.jwks())
+
     async def health(request: Request) -> Response:
         manager: TaskManager = state["manager"]
         paywall = manager.paywall
@@ -388,6 +394,8 @@ def create_app(
             Route("/", rpc, methods=["POST"]),
             Route("/.well-known/agent.json", card, methods=["GET"]),
             Route("/.well-known/agent-card.json", card, methods=["GET"]),
+            # The keys that verify push notifications' JWTs (A2A push notification security).
+            Route("/.well-known/jwks.json", jwks, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
             metrics_endpoint(settings.metrics, on_main_app=True),
         ],

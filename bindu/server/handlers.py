@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 from bindu.a2a import (
     MAX_ID_LENGTH,
     MessageSendParams,
+    PushNotificationConfig,
     Task,
     TaskIdParams,
     TaskListParams,
@@ -23,6 +24,7 @@ from bindu.a2a import (
     utcnow,
 )
 from bindu.failpoints import failpoint
+from bindu.payments.events import task_notice
 from bindu.payments.paywall import Admission
 from bindu.payments.records import META_STATUS, PaymentStatus, PaymentUpdate
 from bindu.payments.task_meta import with_payment_meta
@@ -35,6 +37,7 @@ from bindu.server.jsonrpc import (
     UNSUPPORTED_OPERATION,
     RpcError,
 )
+from bindu.server.push_targets import UnsafeTarget, check_target, normalise_host
 from bindu.server.task_manager import TaskManager
 
 M = TypeVar("M", bound=BaseModel)
@@ -63,6 +66,15 @@ def parse_params(model: type[M], params: dict[str, Any]) -> M:
         raise RpcError(INVALID_PARAMS, f"Invalid params: {where}: {first['msg']}") from None
 
 
+def redacted(config: dict[str, Any]) -> dict[str, Any]:
+    """A push config as it may be read back: without the token or the credentials."""
+    shown = {k: v for k, v in config.items() if k != "token"}
+    auth = shown.get("authentication")
+    if isinstance(auth, dict):
+        shown["authentication"] = {k: v for k, v in auth.items() if k != "credentials"}
+    return shown
+
+
 def render(
     task: Task, history_length: int | None = None, *, artifacts: bool = True
 ) -> dict[str, Any]:
@@ -83,6 +95,9 @@ class Handlers:
     def __init__(self, manager: TaskManager) -> None:
         self._tm = manager
         self._storage = manager.storage
+        self._allowed_hosts = frozenset(
+            normalise_host(h) for h in manager.settings.push.allowed_hosts
+        )
 
     def table(self) -> dict[str, Handler]:
         return {
@@ -125,6 +140,15 @@ class Handlers:
             raise SignInRequired(not_found(task_id))
         raise not_found(task_id)
 
+    async def check_push(self, config: PushNotificationConfig | None, where: str) -> None:
+        """Refuse a push URL that reaches inside (SSRF) before anything is stored or paid."""
+        if config is None:
+            return
+        try:
+            await check_target(str(config.url), self._allowed_hosts)
+        except UnsafeTarget as exc:
+            raise RpcError(INVALID_PARAMS, f"Invalid params: {where}.url: {exc.reason}") from None
+
     async def message_send(
         self,
         raw: dict[str, Any],
@@ -137,7 +161,9 @@ class Handlers:
         params = parse_params(MessageSendParams, raw)
         task = self.new_task(params, task_id or new_id())
         task.owner = owner_of_new_task(caller, admission.record.payer if admission else None)
-        if admission is None:
+        push = params.configuration.push_notification_config
+        if admission is None:  # a paid call's config was checked before the payment
+            await self.check_push(push, "configuration.pushNotificationConfig")
             await self._storage.create_task(task)
         else:
             now = now or utcnow()
@@ -153,7 +179,6 @@ class Handlers:
             )
             if recorded is None:
                 raise RpcError(INTERNAL_ERROR, "payment record vanished before the task started")
-        push = params.configuration.push_notification_config
         if push is not None:
             await self._storage.set_push_config(task.id, push.wire())
         await failpoint("after-queue")  # tests: killed with the task queued, not yet started
@@ -199,7 +224,7 @@ class Handlers:
             canceled = with_payment_meta(canceled, PaymentStatus.FAILED, error=_CANCEL_REASON)
         # Compare-and-set against the queue: a worker that started the task first wins.
         won = task.state is TaskState.SUBMITTED and await self._storage.transition_task(
-            canceled, expected={TaskState.SUBMITTED}
+            canceled, expected={TaskState.SUBMITTED}, events=[task_notice(canceled)]
         )
         if not won:
             state = task.state if task.state is not TaskState.SUBMITTED else TaskState.WORKING
@@ -231,8 +256,10 @@ class Handlers:
     async def push_config_set(self, raw: dict[str, Any], caller: Caller) -> Any:
         params = parse_params(TaskPushNotificationConfig, raw)
         await self._task_for(params.task_id, caller)
-        await self._storage.set_push_config(params.task_id, params.push_notification_config.wire())
-        return params.wire()
+        config = params.push_notification_config
+        await self.check_push(config, "pushNotificationConfig")
+        await self._storage.set_push_config(params.task_id, config.wire())
+        return {"taskId": params.task_id, "pushNotificationConfig": redacted(config.wire())}
 
     async def push_config_get(self, raw: dict[str, Any], caller: Caller) -> Any:
         params = parse_params(TaskIdParams, raw)
@@ -240,4 +267,4 @@ class Handlers:
         config = await self._storage.get_push_config(params.id)
         if config is None:
             raise RpcError(TASK_NOT_FOUND, f"No push notification config for task {params.id}")
-        return {"taskId": params.id, "pushNotificationConfig": config}
+        return {"taskId": params.id, "pushNotificationConfig": redacted(config)}

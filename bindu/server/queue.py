@@ -26,9 +26,9 @@ from loguru import logger
 from bindu.a2a import Task, TaskState, utcnow
 from bindu.errors import StorageError
 from bindu.metrics import PAYMENTS, TASKS
+from bindu.payments.events import alert_events, log_alert, task_notice
 from bindu.payments.records import PaymentRecord, PaymentStatus, PaymentUpdate
 from bindu.payments.task_meta import with_payment_meta
-from bindu.reconcile.alerts import Alerts, payment_event
 from bindu.settings import ServerSettings
 from bindu.storage.base import Storage
 
@@ -59,7 +59,6 @@ class TaskQueue:
         run: Run,
         *,
         owner: str,
-        alerts: Alerts,
         notify: Listener,
         idempotent: bool = False,
     ) -> None:
@@ -67,7 +66,6 @@ class TaskQueue:
         self._settings = settings
         self._run = run
         self.owner = owner
-        self._alerts = alerts
         self._notify = notify
         self._idempotent = idempotent
         self._wake = asyncio.Event()
@@ -166,7 +164,10 @@ class TaskQueue:
     async def _start(self, task: Task) -> None:
         working = task.with_status(TaskState.WORKING)
         won = await self._storage.transition_task(
-            working, expected={TaskState.SUBMITTED}, lease_owner=self.owner
+            working,
+            expected={TaskState.SUBMITTED},
+            lease_owner=self.owner,
+            events=[task_notice(working)],
         )
         if not won:
             return  # canceled meanwhile, or another replica took it after our lease ran out
@@ -214,7 +215,10 @@ class TaskQueue:
     async def _fail(self, task: Task, reason: str) -> None:
         failed = task.with_status(TaskState.FAILED, reason)
         if await self._storage.transition_task(
-            failed, expected={TaskState.WORKING}, lease_owner=self.owner
+            failed,
+            expected={TaskState.WORKING},
+            lease_owner=self.owner,
+            events=[task_notice(failed)],
         ):
             TASKS.labels(TaskState.FAILED.value).inc()
             self._notify(failed)
@@ -263,17 +267,21 @@ class TaskQueue:
             receipt=payment.receipt,
             error=reason,
         )
+        orphaned = payment.evolve(status=PaymentStatus.ORPHANED, verdict_at=now, updated_at=now)
+        alerts = alert_events(orphaned, "orphaned", reason, payment.receipt)
         done = await self._storage.transition_payment(
             payment.id,
             {payment.status},
             PaymentUpdate(status=PaymentStatus.ORPHANED, error=reason, verdict_at=now),
             now=now,
             task=failed,
+            events=[task_notice(failed), *alerts],
         )
         if done is None:
             logger.info("payment {} moved on meanwhile; its new owner resolves it", payment.id)
             return
         PAYMENTS.labels(PaymentStatus.ORPHANED.value).inc()
         TASKS.labels(TaskState.FAILED.value).inc()
-        self._alerts.emit(payment_event(done, "orphaned", reason, done.receipt))
+        for alert in alerts:
+            log_alert(alert)
         self._notify(failed)

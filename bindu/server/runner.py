@@ -15,6 +15,7 @@ from x402.schemas import PaymentPayload, PaymentRequirements
 from bindu.a2a import Artifact, Message, Task, TaskState, utcnow
 from bindu.agent import Agent, call_agent
 from bindu.metrics import AGENT_RUNS, PAYMENTS, TASKS
+from bindu.payments.events import TaskListener, alert_events, log_alert, task_notice
 from bindu.payments.paywall import Paywall
 from bindu.payments.records import (
     PaymentRecord,
@@ -23,7 +24,6 @@ from bindu.payments.records import (
 )
 from bindu.payments.settle import SettleKind
 from bindu.payments.task_meta import with_payment_meta
-from bindu.server.push import TaskListener
 from bindu.storage.base import Storage
 
 
@@ -120,6 +120,7 @@ class TaskRunner:
                 ),
                 now=now,
                 task=task,
+                events=[task_notice(task)],
             )
             if done is None:
                 # A reconciler judged us dead meanwhile: it owns the payment and the task.
@@ -156,6 +157,7 @@ class TaskRunner:
             ),
             now=now,
             task=task,
+            events=[task_notice(task)],
         )
         PAYMENTS.labels(PaymentStatus.FAILED.value).inc()
         TASKS.labels(TaskState.FAILED.value).inc()
@@ -171,11 +173,11 @@ class TaskRunner:
             if payment is not None:
                 await self._orphan_after_agent_failure(failed, payment, failure.reason)
             else:
-                await self._storage.save_task(failed)
+                await self._storage.save_task(failed, events=[task_notice(failed)])
                 self._notify(failed)
             TASKS.labels(TaskState.FAILED.value).inc()
             return
-        await self._storage.save_task(done)
+        await self._storage.save_task(done, events=[task_notice(done)])
         self._notify(done)
         TASKS.labels(TaskState.COMPLETED.value).inc()
 
@@ -187,20 +189,20 @@ class TaskRunner:
         task = with_payment_meta(
             task, PaymentStatus.ORPHANED, receipt=payment.receipt, error=reason
         )
-        await self._storage.transition_payment(
+        orphaned = payment.evolve(status=PaymentStatus.ORPHANED, verdict_at=now, updated_at=now)
+        alerts = alert_events(orphaned, "orphaned", reason, payment.receipt)
+        written = await self._storage.transition_payment(
             payment.id,
             {PaymentStatus.COMPLETED},
             PaymentUpdate(status=PaymentStatus.ORPHANED, error=reason, verdict_at=now),
             now=now,
             task=task,
+            events=[task_notice(task), *alerts],
         )
+        if written is None:
+            logger.error("payment {} changed under the worker; its verdict stands", payment.id)
+            return
         PAYMENTS.labels(PaymentStatus.ORPHANED.value).inc()
         self._notify(task)
-        logger.error(
-            "payment orphaned: task={} tx={} payer={} amount={} ({})",
-            task.id,
-            payment.settle_tx,
-            payment.payer,
-            payment.amount,
-            reason,
-        )
+        for alert in alerts:
+            log_alert(alert)

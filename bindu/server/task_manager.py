@@ -4,6 +4,7 @@ workers, the paywall, and the background services; and the server's graceful shu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from datetime import timedelta
 from types import TracebackType
@@ -14,17 +15,19 @@ from bindu.a2a import Task, TaskState
 from bindu.agent import Agent
 from bindu.payments.facilitator import make_facilitator_client
 from bindu.payments.paywall import Paywall
-from bindu.reconcile.alerts import Alerts
 from bindu.reconcile.service import Reconciler, default_owner
-from bindu.server.push import PushNotifier
+from bindu.server.outbox import OutboxService
 from bindu.server.queue import TaskQueue
 from bindu.server.runner import TaskRunner, deliver
 from bindu.server.services import Service, Supervisor
 from bindu.settings import Settings
+from bindu.signing import PushSigner
 from bindu.storage.base import Storage
 from bindu.storage.factory import create_storage
 
 _OPEN_STATES = frozenset({TaskState.SUBMITTED, TaskState.WORKING})
+# How long shutdown spends delivering notifications that are due (seconds).
+OUTBOX_FLUSH_SECONDS = 2.0
 
 
 class Busy(Exception):
@@ -53,10 +56,20 @@ class TaskManager:
         self._finished = asyncio.Event()  # replaced each time a run here finishes
         self.queue: TaskQueue | None = None
         self.owner = default_owner()  # this process, in task and payment leases
-        self.alerts = Alerts(settings.x402.reconciliation.webhook_url)
         self.supervisor = Supervisor()
         self.reconciler: Reconciler | None = None
-        self.push: PushNotifier | None = None
+        # Signs push notifications; its public key is served at /.well-known/jwks.json.
+        self.signer = PushSigner.from_settings(
+            settings.push.signing_key_file, issuer=self.resource_url
+        )
+        # Delivers the push notifications and webhooks that writes leave in storage.
+        self.outbox = OutboxService(
+            self.storage,
+            settings.outbox,
+            settings.push,
+            self.signer,
+            webhook_url=settings.x402.reconciliation.webhook_url,
+        )
         # Set once shutdown begins (SIGTERM or the lifespan's end): no new work after it.
         self._shutdown_deadline: float | None = None
         self._stopped = asyncio.Event()  # blocking waits return at once after this
@@ -70,7 +83,7 @@ class TaskManager:
 
     async def __aenter__(self) -> TaskManager:
         await self.storage.open()
-        self.push = PushNotifier(self.storage)
+        self.storage.watch_events(self.outbox.wake)
         x402 = self.settings.x402
         if x402.enabled:
             self.paywall = Paywall(
@@ -82,7 +95,6 @@ class TaskManager:
                     self.storage,
                     x402,
                     facilitator=self.paywall.facilitator,
-                    alerts=self.alerts,
                     owner=self.owner,
                     fulfil=self.fulfil,
                     notify=self._task_changed,
@@ -100,7 +112,6 @@ class TaskManager:
             self.settings.server,
             runner.run,
             owner=self.owner,
-            alerts=self.alerts,
             notify=self._task_changed,
             idempotent=getattr(self.settings.server, "agent_idempotent", False),
         )
@@ -116,7 +127,7 @@ class TaskManager:
         return self
 
     def _services(self) -> list[Service]:
-        services: list[Service] = list(self._extra_services)
+        services: list[Service] = [*self._extra_services, self.outbox]
         if self.reconciler is not None:
             services.append(self.reconciler)
         return services
@@ -137,13 +148,14 @@ class TaskManager:
         self._stopped.set()
         await self.supervisor.stop()
         if self.reconciler is not None:
-            await self.reconciler.close()  # also delivers the alerts in flight (bounded)
-        else:
-            await self.alerts.aclose()
+            await self.reconciler.close()
         if self.paywall is not None:
             await self.paywall.facilitator.aclose()
-        if self.push is not None:
-            await self.push.aclose()
+        # The verdicts written while draining go out now if they can (bounded); the rest
+        # wait in storage for the next start or another replica.
+        with contextlib.suppress(Exception):
+            await self.outbox.deliver_due(OUTBOX_FLUSH_SECONDS)
+        await self.outbox.close()
         await self.storage.close()
         logger.info("task manager stopped")
 
@@ -182,11 +194,6 @@ class TaskManager:
         if await self.storage.count_queued() >= server.max_queued:
             raise Busy(f"task queue is full ({server.max_queued} tasks waiting); retry later", 2)
 
-    def notify(self, task: Task) -> None:
-        """Tell the task's push receiver (if any) about its new state; never blocks."""
-        if self.push is not None:
-            self.push.notify(task)
-
     async def fulfil(self, task: Task) -> Task:
         """Run the agent for a paid task whose work was never delivered (fulfill policy)."""
         return await deliver(self.agent, task, paid=True)
@@ -195,8 +202,12 @@ class TaskManager:
     def resource_url(self) -> str:
         return self.settings.server.resource_url
 
+    def notify(self, task: Task) -> None:
+        """A write about ``task`` won here (its push notification went into the outbox with
+        it): wake the blocking waits when it finished."""
+        self._task_changed(task)
+
     def _task_changed(self, task: Task) -> None:
-        self.notify(task)
         if task.state not in _OPEN_STATES:
             # Wake every blocking wait in this process; each re-reads its own task.
             finished, self._finished = self._finished, asyncio.Event()

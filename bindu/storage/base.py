@@ -14,7 +14,7 @@ per stream, and marks each delivered, dropped or due again.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -72,10 +72,16 @@ class Storage(Protocol):
         is no longer the queue's (its payment's status decides who owns it)."""
 
     async def transition_task(
-        self, task: Task, *, expected: Collection[TaskState], lease_owner: str | None = None
+        self,
+        task: Task,
+        *,
+        expected: Collection[TaskState],
+        lease_owner: str | None = None,
+        events: Sequence[OutboxEvent] = (),
     ) -> bool:
         """Overwrite the task's document only if its stored state is one of ``expected``
-        (and, when ``lease_owner`` is given, that owner holds its lease): compare-and-set."""
+        (and, when ``lease_owner`` is given, that owner holds its lease): compare-and-set.
+        ``events`` are kept only when it won."""
 
     async def count_queued(self) -> int:
         """Number of ``submitted`` tasks (the queue's length, for SERVER__MAX_QUEUED)."""
@@ -145,6 +151,10 @@ class Storage(Protocol):
     async def get_push_config(self, task_id: str) -> dict[str, Any] | None: ...
 
     # The outbox (events kept by the writes above)
+
+    def watch_events(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` after each write through this object that carried events
+        (so a delivery service in the same process need not wait for its next poll)."""
 
     async def claim_outbox(
         self, *, now: datetime, limit: int, owner: str, lease_seconds: float

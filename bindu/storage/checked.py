@@ -96,14 +96,25 @@ class CheckedStorage(ABC):
     def __init__(self, *, clock: Callable[[], datetime] | None) -> None:
         # The clock stamps created_at/updated_at of tasks; tests inject a deterministic one.
         self._clock = clock or (lambda: datetime.now(UTC))
+        self._watchers: list[Callable[[], None]] = []
+
+    def watch_events(self, callback: Callable[[], None]) -> None:
+        self._watchers.append(callback)
+
+    def _events_written(self, events: Sequence[OutboxEvent]) -> None:
+        if events:
+            for watcher in self._watchers:
+                watcher()
 
     # Tasks
 
     async def create_task(self, task: Task, *, events: Sequence[OutboxEvent] = ()) -> None:
         await self._insert_task(task, utc(self._clock()), checked_events(events))
+        self._events_written(events)
 
     async def save_task(self, task: Task, *, events: Sequence[OutboxEvent] = ()) -> None:
         await self._update_task(task, utc(self._clock()), checked_events(events))
+        self._events_written(events)
 
     async def list_tasks(
         self,
@@ -136,10 +147,19 @@ class CheckedStorage(ABC):
         return await self._renew_task_lease(task_id, owner, expires_at)
 
     async def transition_task(
-        self, task: Task, *, expected: Collection[TaskState], lease_owner: str | None = None
+        self,
+        task: Task,
+        *,
+        expected: Collection[TaskState],
+        lease_owner: str | None = None,
+        events: Sequence[OutboxEvent] = (),
     ) -> bool:
         states = sorted(str(s) for s in expected)
-        return await self._transition_task(task, states, lease_owner, utc(self._clock()))
+        checked = checked_events(events)
+        won = await self._transition_task(task, states, lease_owner, utc(self._clock()), checked)
+        if won:
+            self._events_written(events)
+        return won
 
     # Payments
 
@@ -252,9 +272,14 @@ class CheckedStorage(ABC):
 
     @abstractmethod
     async def _transition_task(
-        self, task: Task, expected: list[str], lease_owner: str | None, now: datetime
+        self,
+        task: Task,
+        expected: list[str],
+        lease_owner: str | None,
+        now: datetime,
+        events: tuple[OutboxEvent, ...],
     ) -> bool:
-        """``expected`` holds TaskState values."""
+        """``expected`` holds TaskState values; ``events`` are kept only when it won."""
 
     @abstractmethod
     async def _insert_payment(self, record: PaymentRecord) -> bool:

@@ -209,7 +209,12 @@ class MemoryStorage(CheckedStorage):
             return True
 
     async def _transition_task(
-        self, task: Task, expected: list[str], lease_owner: str | None, now: datetime
+        self,
+        task: Task,
+        expected: list[str],
+        lease_owner: str | None,
+        now: datetime,
+        events: tuple[OutboxEvent, ...],
     ) -> bool:
         async with self._lock:
             stored = self._tasks.get(task.id)
@@ -218,6 +223,7 @@ class MemoryStorage(CheckedStorage):
             if lease_owner is not None and stored.lease_owner != lease_owner:
                 return False
             self._put_task(task, now, existing=stored)
+            self._add_events(events, now)
             return True
 
     async def count_queued(self) -> int:

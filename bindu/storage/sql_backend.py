@@ -133,7 +133,16 @@ class SqlStorage(CheckedStorage, Generic[Handle]):
     async def _write_task(
         self, statement: str, task: Task, now: datetime, events: tuple[OutboxEvent, ...]
     ) -> bool:
-        params = self._task_params(task, now)
+        return await self._write_task_params(statement, self._task_params(task, now), now, events)
+
+    async def _write_task_params(
+        self,
+        statement: str,
+        params: dict[str, Any],
+        now: datetime,
+        events: tuple[OutboxEvent, ...],
+    ) -> bool:
+        """Run a task write; its events join it in one transaction when it matched a row."""
         if not events:
             return bool(await self._one(statement, params, write=True))
         async with self._transaction() as tx:
@@ -203,12 +212,17 @@ class SqlStorage(CheckedStorage, Generic[Handle]):
         )
 
     async def _transition_task(
-        self, task: Task, expected: list[str], lease_owner: str | None, now: datetime
+        self,
+        task: Task,
+        expected: list[str],
+        lease_owner: str | None,
+        now: datetime,
+        events: tuple[OutboxEvent, ...],
     ) -> bool:
         params = self._task_params(task, now)
         params["expected"] = self._dialect.text_list(expected)
         params["lease_owner"] = lease_owner
-        return bool(await self._one("transition_task", params, write=True))
+        return await self._write_task_params("transition_task", params, now, events)
 
     async def count_queued(self) -> int:
         rows = await self._one("count_queued")

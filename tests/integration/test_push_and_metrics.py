@@ -1,4 +1,5 @@
-"""A2A push notifications for every verdict, and /metrics that moves as the server works."""
+"""A2A push notifications for every verdict (signed, through the outbox), the operator
+webhook once per orphan whoever finds it, and /metrics that moves as the server works."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from x402.http.utils import encode_payment_signature_header
 from bindu.devnet import Devnet, PayingClient
 from bindu.server.embedded import bind, serving
 from tests.support import agents
+from tests.support.receivers import Call, Receiver, receiving, verified_claims
 from tests.support.servers import inprocess_server
 from tests.support.settings import settings_from_env
 from tests.support.waiting import until
@@ -24,6 +26,13 @@ pytestmark = pytest.mark.devnet
 
 AMOUNT = 10_000
 TOKEN = "client-token-7f3a"
+# The push receivers live on loopback, which only an operator's allowlist opens.
+OUTBOX_ENV = {
+    "PUSH__ALLOWED_HOSTS": "127.0.0.1",
+    "OUTBOX__FIRST_RETRY_SECONDS": "0.2",
+    "OUTBOX__MAX_RETRY_SECONDS": "1",
+    "OUTBOX__POLL_SECONDS": "0.2",
+}
 
 
 async def paid_headers(client: PayingClient) -> dict[str, str]:
@@ -31,9 +40,11 @@ async def paid_headers(client: PayingClient) -> dict[str, str]:
     return {"PAYMENT-SIGNATURE": encode_payment_signature_header(payment)}
 
 
-def receiver(seen: list[tuple[dict, dict]]) -> Starlette:
+def receiver(seen: list[tuple[dict, dict]], raw: list[bytes]) -> Starlette:
     async def hook(request: Request) -> Response:
-        seen.append((dict(request.headers), json.loads(await request.body())))
+        body = await request.body()
+        raw.append(body)
+        seen.append((dict(request.headers), json.loads(body)))
         return Response(status_code=200)
 
     return Starlette(routes=[Route("/push", hook, methods=["POST"])])
@@ -51,17 +62,26 @@ async def test_push_reaches_the_client_for_each_verdict_despite_downtime(
     devnet: Devnet, faults_reset, tmp_path
 ):
     payer = await devnet.new_payer(10 * AMOUNT)
-    env = devnet.server_env(
-        STORAGE__URL=f"sqlite:///{tmp_path}/bindu.db",
-        X402__SETTLE_TIMEOUT_SECONDS="2",
-        X402__MAX_TIMEOUT_SECONDS="12",
-        X402__RECONCILIATION__INTERVAL_SECONDS="1",
-    )
+    operator = Receiver()
     seen: list[tuple[dict, dict]] = []
+    raw: list[bytes] = []
     sock = bind()  # the receiver is down (nothing listens) until the verdicts are in
     push = {"url": f"http://127.0.0.1:{sock.getsockname()[1]}/push", "token": TOKEN}
     async with (
-        inprocess_server(settings_from_env(env), agents.counting) as url,
+        receiving(operator) as webhook,
+        inprocess_server(
+            settings_from_env(
+                devnet.server_env(
+                    STORAGE__URL=f"sqlite:///{tmp_path}/bindu.db",
+                    X402__SETTLE_TIMEOUT_SECONDS="2",
+                    X402__MAX_TIMEOUT_SECONDS="12",
+                    X402__RECONCILIATION__INTERVAL_SECONDS="1",
+                    X402__RECONCILIATION__WEBHOOK_URL=webhook + "/ops",
+                    **OUTBOX_ENV,
+                )
+            ),
+            agents.counting,
+        ) as url,
         PayingClient(url, payer) as client,
     ):
         faults_reset.update({"settle_delay_seconds": 4})
@@ -78,7 +98,7 @@ async def test_push_reaches_the_client_for_each_verdict_despite_downtime(
         got = (
             await client.signed_in_rpc("tasks/pushNotificationConfig/get", {"id": orphan})
         ).json()
-        assert got["result"]["pushNotificationConfig"]["url"] == push["url"]
+        assert got["result"]["pushNotificationConfig"] == {"url": push["url"]}  # no token
 
         async def verdicts_written() -> bool:
             states = []
@@ -89,7 +109,7 @@ async def test_push_reaches_the_client_for_each_verdict_despite_downtime(
 
         await until(verdicts_written, timeout=45, what="both verdicts")
         assert seen == []
-        async with serving(receiver(seen), sock, lifespan="off"):
+        async with serving(receiver(seen, raw), sock, lifespan="off"):
 
             async def all_delivered() -> bool:
                 return ("failed", "payment-orphaned") in statuses(seen, orphan) and (
@@ -98,6 +118,15 @@ async def test_push_reaches_the_client_for_each_verdict_despite_downtime(
                 ) in statuses(seen, void)
 
             await until(all_delivered, timeout=40, what="push deliveries after downtime")
+        await until(lambda: _has(operator), timeout=20, what="the operator's webhook")
+        signed = [
+            await verified_claims(Call("/push", headers, data), url, push["url"])
+            for (headers, _), data in zip(seen, raw, strict=True)
+        ]
+    assert {c["taskId"] for c in signed} == {orphan, void}
+    assert len({c["jti"] for c in signed}) == len(signed)  # one per notification
+    # The orphan reached the operator exactly once; the void was only logged.
+    assert [(e["event"], e["taskId"]) for e in operator.bodies()] == [("payment.orphaned", orphan)]
     assert statuses(seen, orphan) == [
         ("working", "payment-verified"),
         ("failed", "payment-failed"),
@@ -167,3 +196,53 @@ async def test_metrics_parse_and_move(devnet: Devnet, faults_reset, tmp_path):
     assert delta("bindu_reconcile_pass_seconds_count") >= 1
     assert after[("bindu_payments", (("status", "payment-orphaned"),))] == 1
     assert after[("bindu_payments", (("status", "payment-completed"),))] == 1
+
+
+async def test_agent_failure_after_settle_reaches_the_operator_once(
+    devnet: Devnet, faults_reset, tmp_path
+):
+    payer = await devnet.new_payer(10 * AMOUNT)
+    operator, client_hook = Receiver(), Receiver()
+    async with (
+        receiving(operator) as webhook,
+        receiving(client_hook) as push_base,
+        inprocess_server(
+            settings_from_env(
+                devnet.server_env(
+                    STORAGE__URL=f"sqlite:///{tmp_path}/bindu.db",
+                    X402__RECONCILIATION__INTERVAL_SECONDS="1",
+                    X402__RECONCILIATION__WEBHOOK_URL=webhook + "/ops",
+                    **OUTBOX_ENV,
+                )
+            ),
+            agents.failing,
+        ) as url,
+        PayingClient(url, payer) as client,
+    ):
+        push = {"url": push_base + "/push", "token": TOKEN}
+        params = {
+            "message": {"role": "user", "parts": [{"kind": "text", "text": "break"}]},
+            "configuration": {"blocking": True, "pushNotificationConfig": push},
+        }
+        reply = await client.rpc("message/send", params, await paid_headers(client))
+        task = reply.json()["result"]
+        assert task["metadata"]["x402.payment.status"] == "payment-orphaned"
+
+        async def told() -> bool:
+            done = ("failed", "payment-orphaned") in [
+                (b["status"]["state"], b["metadata"].get("x402.payment.status"))
+                for b in client_hook.bodies()
+            ]
+            return done and bool(operator.accepted)
+
+        await until(told, timeout=30, what="the push and the webhook")
+        [call] = [c for c in client_hook.accepted if c.body["status"]["state"] == "failed"]
+        claims = await verified_claims(call, url, push["url"])
+    assert claims["taskId"] == task["id"]
+    [alert] = operator.bodies()
+    assert (alert["event"], alert["taskId"]) == ("payment.orphaned", task["id"])
+    assert alert["transaction"] and alert["reason"].startswith("agent failed")
+
+
+async def _has(receiver: Receiver) -> bool:
+    return bool(receiver.accepted)

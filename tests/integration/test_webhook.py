@@ -1,75 +1,105 @@
-"""The operator webhook: delivered with retries while the receiver is down, then arrives."""
+"""The operator webhook, delivered from the outbox: retried while the receiver is down or
+erroring, then it arrives once; void is not posted; a receiver that never answers is given
+up and counted."""
 
 from __future__ import annotations
 
-import json
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
-
+from bindu.a2a import Task, TaskState, TaskStatus
 from bindu.metrics import WEBHOOK_FAILURES
-from bindu.reconcile.alerts import Alerts
+from bindu.payments.events import OutboxStatus, alert_events
+from bindu.payments.records import PaymentStatus
 from bindu.server.embedded import bind, serving
+from bindu.server.outbox import OutboxService
+from bindu.settings import OutboxSettings, PushSettings
+from bindu.signing import PushSigner
+from bindu.storage.base import Storage
+from bindu.storage.sqlite import SqliteStorage
+from tests.storage.test_storage_conformance import make_record
+from tests.support.receivers import Receiver, receiving
 from tests.support.waiting import until
 
-
-def receiver(received: list[dict], failures_first: int) -> Starlette:
-    calls = {"n": 0}
-
-    async def hook(request: Request) -> Response:
-        calls["n"] += 1
-        if calls["n"] <= failures_first:
-            return Response(status_code=503)
-        received.append(json.loads(await request.body()))
-        return Response(status_code=204)
-
-    return Starlette(routes=[Route("/hook", hook, methods=["POST"])])
+FAST = OutboxSettings(poll_seconds=0.05, first_retry_seconds=0.1, max_retry_seconds=0.5)
 
 
-EVENT = {"event": "payment.orphaned", "paymentId": "p1", "taskId": "t1", "transaction": "0xab"}
+@asynccontextmanager
+async def webhook_outbox(
+    tmp_path: Path, url: str, settings: OutboxSettings = FAST
+) -> AsyncIterator[Storage]:
+    storage = SqliteStorage(str(tmp_path / "alerts.db"))
+    await storage.open()
+    signer = PushSigner.from_settings(None, issuer="http://bindu.test/")
+    service = OutboxService(storage, settings, PushSettings(), signer, webhook_url=url)
+    storage.watch_events(service.wake)
+    running = asyncio.create_task(service.run())
+    try:
+        yield storage
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        await service.close()
+        await storage.close()
 
 
-async def test_webhook_survives_a_receiver_that_is_down_then_erroring():
-    received: list[dict] = []
+async def judge(storage: Storage, payment_id: str, verdict: str) -> list[dict]:
+    """A verdict written with its alerts, as the reconciler writes it."""
+    record = make_record(payment_id, status=PaymentStatus.ORPHANED, settle_tx="0xab")
+    events = alert_events(record, verdict, "work not delivered", None, 3)
+    task = Task(id=record.task_id, status=TaskStatus(state=TaskState.FAILED))
+    await storage.create_task(task, events=events)
+    return [e.body for e in events]
+
+
+async def test_webhook_survives_a_receiver_that_is_down_then_erroring(tmp_path: Path) -> None:
+    receiver = Receiver(script=[503, 503])
     sock = bind()  # reserved but not listening yet: connections are refused
     url = f"http://127.0.0.1:{sock.getsockname()[1]}/hook"
-    alerts = Alerts(url, attempts=8, first_delay=0.2)
-    try:
-        alerts.emit(EVENT)
-        async with serving(receiver(received, failures_first=2), sock, lifespan="off"):
-            await until(lambda: _nonempty(received), timeout=30, what="webhook delivery")
-    finally:
-        await alerts.aclose()
-    assert received == [EVENT]
+    async with webhook_outbox(tmp_path, url) as storage:
+        [sent] = await judge(storage, "p1", "orphaned")
+
+        async def refused_once() -> bool:
+            [item] = await storage.list_outbox()
+            return item.attempts >= 1
+
+        await until(refused_once, timeout=10, what="a refused attempt")
+        async with serving(receiver.app(), sock, lifespan="off"):
+            await until(lambda: _accepted(receiver), timeout=30, what="webhook delivery")
+        [item] = await storage.list_outbox()
+    assert receiver.bodies() == [sent]
+    assert sent["event"] == "payment.orphaned" and sent["transaction"] == "0xab"
+    assert item.status is OutboxStatus.DELIVERED and item.attempts >= 4
 
 
-async def test_void_is_logged_but_not_posted():
-    received: list[dict] = []
-    sock = bind()
-    async with serving(receiver(received, 0), sock, lifespan="off") as base:
-        alerts = Alerts(base + "/hook", first_delay=0.05)
-        alerts.emit({**EVENT, "event": "payment.void"})
-        alerts.emit({**EVENT, "event": "payment.unresolved"})
-        await until(lambda: _nonempty(received), timeout=10, what="unresolved delivery")
-        await alerts.aclose()
-    assert [e["event"] for e in received] == ["payment.unresolved"]
+async def test_void_is_not_posted_unresolved_is(tmp_path: Path) -> None:
+    receiver = Receiver()
+    async with receiving(receiver) as base, webhook_outbox(tmp_path, base + "/hook") as storage:
+        assert await judge(storage, "p1", "void") == []
+        await judge(storage, "p2", "unresolved")
+        await until(lambda: _accepted(receiver), timeout=10, what="unresolved delivery")
+    assert [e["event"] for e in receiver.bodies()] == ["payment.unresolved"]
 
 
-async def test_a_receiver_that_never_answers_is_given_up_and_counted():
+async def test_a_receiver_that_never_answers_is_given_up_and_counted(tmp_path: Path) -> None:
     sock = bind()  # never served
     failures = WEBHOOK_FAILURES._value.get()
-    alerts = Alerts(f"http://127.0.0.1:{sock.getsockname()[1]}/hook", attempts=3, first_delay=0.01)
-    alerts.emit(EVENT)
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}/hook"
+    settings = OutboxSettings(poll_seconds=0.05, first_retry_seconds=0.01, max_attempts=3)
+    async with webhook_outbox(tmp_path, url, settings) as storage:
+        await judge(storage, "p1", "orphaned")
 
-    async def gave_up() -> bool:
-        return WEBHOOK_FAILURES._value.get() == failures + 1
+        async def gave_up() -> bool:
+            return WEBHOOK_FAILURES._value.get() == failures + 1
 
-    await until(gave_up, timeout=10, what="the webhook to give up")
-    await alerts.aclose()
+        await until(gave_up, timeout=10, what="the webhook to give up")
+        [item] = await storage.list_outbox()
     sock.close()
+    assert (item.status, item.attempts) == (OutboxStatus.DROPPED, 3)
+    assert "gave up after 3 attempts" in (item.error or "")
 
 
-async def _nonempty(items: list) -> bool:
-    return bool(items)
+async def _accepted(receiver: Receiver) -> bool:
+    return bool(receiver.accepted)

@@ -204,3 +204,18 @@ async def test_list_outbox_filters(storage: Storage) -> None:
     [a1, _] = await claim(storage)
     await storage.finish_outbox(a1.seq, owner="a", now=later, status=DELIVERED, error=None)
     assert await keys(storage, status=PENDING) == ["a2", "b1"]
+
+
+async def test_task_compare_and_set_keeps_events_only_when_it_won(storage: Storage) -> None:
+    await storage.set_push_config("t1", {"url": "https://x"})
+    task = make_task("t1")
+    await storage.create_task(task)
+    working = task.with_status(TaskState.WORKING)
+    assert await storage.transition_task(
+        working, expected={TaskState.SUBMITTED}, events=[task_notice(working)]
+    )
+    canceled = task.with_status(TaskState.CANCELED)
+    assert not await storage.transition_task(
+        canceled, expected={TaskState.SUBMITTED}, events=[task_notice(canceled)]
+    )
+    assert await keys(storage) == ["push:t1:working:-"]

@@ -13,7 +13,18 @@ def settings_from_env(env: dict[str, str]) -> Settings:
     clean = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("X402__", "STORAGE__", "SERVER__", "METRICS__", "AUTH__", "LOG_LEVEL"))
+        if not k.startswith(
+            (
+                "X402__",
+                "STORAGE__",
+                "SERVER__",
+                "METRICS__",
+                "AUTH__",
+                "PUSH__",
+                "OUTBOX__",
+                "LOG_LEVEL",
+            )
+        )
     }
     with mock.patch.dict(os.environ, {**clean, **env}, clear=True):
         return load_settings(_env_file=None)
