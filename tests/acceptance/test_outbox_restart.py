@@ -68,6 +68,13 @@ async def test_notifications_survive_a_restart_while_the_receiver_is_down(tmp_pa
                     return len(receiver.accepted) >= 2 * len(tasks)
 
                 await until(all_arrived, timeout=60, what="every notification after restart")
+
+                async def all_recorded() -> bool:
+                    # The receiver answers before the server records the delivery.
+                    items = await watcher.list_outbox(status=OutboxStatus.PENDING)
+                    return not items
+
+                await until(all_recorded, timeout=30, what="every delivery recorded")
                 items = await watcher.list_outbox()
             second.stop()
     finally:
