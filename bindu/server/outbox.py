@@ -108,8 +108,13 @@ class OutboxService:
     async def run(self) -> None:
         while True:
             await self.pump()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._woken.wait(), self._settings.poll_seconds)
+            # asyncio.wait, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # arrives as the event is set (a write woke us at shutdown), and run() never ends.
+            waiter = asyncio.ensure_future(self._woken.wait())
+            try:
+                await asyncio.wait([waiter], timeout=self._settings.poll_seconds)
+            finally:
+                waiter.cancel()
             self._woken.clear()
 
     def wake(self) -> None:
