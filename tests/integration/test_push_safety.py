@@ -12,6 +12,7 @@ import jwt
 import pytest
 
 from bindu.examples.echo import agent as echo
+from bindu.storage.sqlite import SqliteStorage
 from tests.support.receivers import Receiver, receiving, verified_claims
 from tests.support.servers import inprocess_server, rpc, text_message
 from tests.support.settings import settings_from_env
@@ -76,8 +77,15 @@ async def test_internal_push_urls_are_refused_when_set(tmp_path, listener) -> No
             send = text_message("hi", configuration={"pushNotificationConfig": config})
             reply = (await rpc(http, url, "message/send", send)).json()
             assert reply["error"]["code"] == INVALID_PARAMS, (push_url, reply)
-        listed = (await rpc(http, url, "tasks/list", {})).json()["result"]["tasks"]
-        assert [t["id"] for t in listed] == [task["id"]]  # no task from a refused send
+    stored = SqliteStorage(str(tmp_path / "bindu.db"))
+    await stored.open()
+    try:
+        listed = await stored.list_tasks()
+        outbox = await stored.list_outbox()
+    finally:
+        await stored.close()
+    assert [t.id for t in listed] == [task["id"]]  # no task from a refused send
+    assert outbox == []  # and nothing to send
     assert not contacted(listener)
 
 
