@@ -126,7 +126,7 @@ def _late_answer_awaited(
         and not evidence.is_valid
         and evidence.invalid_reason == ERR_NONCE_ALREADY_USED
     )
-    if not consumed or rules.late_answer_seconds <= 0 or settle_proof(record) is not None:
+    if not consumed or settle_proof(record) is not None:
         return None
     settles = [a for a in record.answers if a.get("source") in SETTLE_ANSWER_SOURCES]
     if not settles or settles[-1].get("answered") is not False:

@@ -545,3 +545,10 @@ def test_without_a_late_window_nothing_waits():
     r = record(answers=[unanswered()])
     d = decide(r, VerifyEvidence(False, NONCE_USED), NOW, RULES)
     assert d.verdict is Verdict.UNRESOLVED
+
+
+def test_a_proof_already_here_never_waits():
+    # Even when a later settle attempt went unanswered, the earlier success proves it.
+    r = record(answers=[settled(), unanswered()])
+    d = decide(r, VerifyEvidence(False, NONCE_USED), NOW, LATE)
+    assert d.verdict is Verdict.ORPHANED
