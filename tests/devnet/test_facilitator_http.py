@@ -121,6 +121,7 @@ async def test_faults_over_http(http):
         reset = await http.post("/_faults/reset")
     assert reset.json() == {
         "settle_delay_seconds": 0.0,
+        "verify_delay_seconds": 0.0,
         "settle_fail_before_broadcast": False,
         "pending_as_http_500": False,
         "verify_error_status": None,
