@@ -10,6 +10,7 @@ import ipaddress
 import json
 import re
 from typing import Annotated, Any, Literal
+from urllib.parse import urlparse
 
 from pydantic import (
     BaseModel,
@@ -83,6 +84,19 @@ class ServerSettings(BaseModel):
     def resource_url(self) -> str:
         """The JSON-RPC endpoint's public URL (the x402 resource, the sign-in origin)."""
         return (self.url or f"http://{self.host}:{self.port}").rstrip("/") + "/"
+
+    @field_validator("url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        # Payers sign in to this URL's origin, and pay for it as the x402 resource.
+        if value is None:
+            return None
+        parsed = urlparse(value)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError("must be an http(s) URL such as https://agent.example.com")
+        if parsed.username or parsed.password or parsed.query or parsed.fragment:
+            raise ValueError("must not carry credentials, a query or a fragment")
+        return value
 
 
 class ReconciliationSettings(BaseModel):

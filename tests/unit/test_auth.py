@@ -75,6 +75,8 @@ def test_a_new_task_is_owned_by_the_caller_else_the_payer_else_nobody():
         ({"AUTH__JWKS_TIMEOUT_SECONDS": "0"}, "AUTH__JWKS_TIMEOUT_SECONDS"),
         ({"AUTH__SIWX_MAX_AGE_SECONDS": "99999"}, "AUTH__SIWX_MAX_AGE_SECONDS"),
         ({"AUTH__ALLOW_ANONYMOUS": "maybe"}, "AUTH__ALLOW_ANONYMOUS"),
+        ({"SERVER__URL": "agent.example.com"}, "SERVER__URL"),
+        ({"SERVER__URL": "https://user:pw@agent.example.com"}, "SERVER__URL"),
     ],
 )
 def test_bad_auth_setting_names_the_variable(monkeypatch, env, variable):
