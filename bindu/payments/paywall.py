@@ -365,7 +365,7 @@ def _decode(raw: str) -> PaymentPayload | Refusal:
         return Refusal(402, f"malformed payment header: invalid {kind}")
     if not isinstance(data, dict):
         return Refusal(402, "malformed payment header: not an x402 payment payload")
-    if data.get("x402Version", 2) == 1:
+    if data.get("x402Version") == 1:
         return Refusal(402, "x402 v1 payment payloads are not accepted; send x402Version 2")
     try:
         return PaymentPayload.model_validate(data)

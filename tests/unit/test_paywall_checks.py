@@ -36,7 +36,7 @@ FACILITATOR = "http://facilitator.test"
 ASSET = "0x" + "cd" * 20
 PAY_TO = "0x" + "ab" * 20
 PRICE = 10_000
-MAX_TIMEOUT = 300
+MAX_TIMEOUT = 240  # not the SDK's default, so that dropping it would show
 NETWORK = "eip155:31337"
 SUPPORTED = {"kinds": [{"x402Version": 2, "scheme": "exact", "network": NETWORK}]}
 NOW = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
@@ -140,6 +140,14 @@ async def test_an_honest_payment_is_claimed_with_its_fields_normalised(paywall):
     assert record.id
     assert await storage.list_payments() == [record]
     assert mock.routes[1].call_count == 1  # /verify, once
+
+
+async def test_a_header_wrapped_over_lines_is_read(paywall):
+    wall, _, _ = paywall
+    encoded = encode_payment_signature_header(payment(wall))
+    wrapped = "\n".join(encoded[i : i + 76] for i in range(0, len(encoded), 76))
+    out = await wall.admit({"PAYMENT-SIGNATURE": wrapped}, "t", NOW)
+    assert isinstance(out, Admission)
 
 
 async def test_the_v1_header_name_is_read_too(paywall):
@@ -286,6 +294,10 @@ async def test_an_unanswered_verify_is_a_503_and_nothing_is_kept(paywall, reply)
     [
         ({"PAYMENT-SIGNATURE": "%%% not base64"}, "malformed payment header: invalid base64"),
         (raw_header("not json"), "malformed payment header: invalid JSON"),
+        (
+            {"PAYMENT-SIGNATURE": base64.b64encode(b"\xff\xfe{binary").decode()},
+            "malformed payment header: invalid base64",
+        ),
         (raw_header('{"x402Version": 2}'), "malformed payment header: invalid content"),
         (raw_header("[1, 2]"), "malformed payment header: not an x402 payment payload"),
         (
@@ -306,7 +318,18 @@ async def test_an_unanswered_verify_is_a_503_and_nothing_is_kept(paywall, reply)
         ),
         (raw_header('{"x402Version": NaN}'), "malformed payment header: invalid JSON"),
     ],
-    ids=["base64", "json", "content", "not-an-object", "v1", "deep", "digits", "surrogate", "nan"],
+    ids=[
+        "base64",
+        "json",
+        "not-text",
+        "content",
+        "not-an-object",
+        "v1",
+        "deep",
+        "digits",
+        "surrogate",
+        "nan",
+    ],
 )
 async def test_a_malformed_header_is_named(paywall, raw, reason):
     wall, mock, _ = paywall
@@ -361,7 +384,8 @@ async def test_ready_retries_until_the_facilitator_answers_then_remembers():
             _ = wall.requirements
         supported.side_effect = None
         supported.respond(200, json=SUPPORTED)
-        assert await wall.ready()
+        # Callers racing the first fetch all see it done, and it is done once.
+        assert await asyncio.gather(wall.ready(), wall.ready(), wall.ready()) == [True] * 3
         assert await wall.ready()
         assert supported.call_count == 2
         await wall.facilitator.aclose()

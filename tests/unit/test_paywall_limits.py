@@ -119,13 +119,18 @@ async def test_refusals_past_the_burst_get_429_until_a_token_refills(paywall, cl
     for _ in range(3):
         assert (await admit(wall, headers)).status == 402
     limited = await admit(wall, headers)
-    assert limited.status == 429 and limited.scope == "client"
-    assert limited.retry_after == pytest.approx(10.0)
+    reason = "too many refused payments from this address"
+    assert limited == Refusal(429, reason, retry_after=pytest.approx(10.0), scope="client")
     assert wall.throttled("198.51.100.1") == limited
     # Another address is judged on its own.
     assert (await admit(wall, headers, client="198.51.100.2")).status == 402
+    # Half a second short of a token is still a wait.
+    clock.now += 9.5
+    assert await admit(wall, headers) == Refusal(
+        429, reason, retry_after=pytest.approx(0.5), scope="client"
+    )
     # A 429 draws nothing: after one refill there is exactly one more 402.
-    clock.now += 10
+    clock.now += 0.5
     assert (await admit(wall, headers)).status == 402
     assert (await admit(wall, headers)).status == 429
     assert verify.call_count == 0
@@ -233,3 +238,13 @@ async def test_smart_wallets_can_be_refused_outright(paywall):
     assert len(wall.limits.clients) == 1
     # Charged to the client that sent it: its burst of one is spent.
     assert (await admit(wall, header(payment))).status == 429
+
+
+async def test_facilitator_refusals_are_charged_to_the_client(paywall):
+    wall, verify, _ = paywall
+    verify.respond(200, json=BROKE)
+    for _ in range(3):  # three payers, one client: the client's burst is spent
+        assert (await admit(wall, header(await signed(wall)))).status == 402
+    limited = await admit(wall, header(await signed(wall)))
+    assert limited.status == 429 and limited.scope == "client"
+    assert verify.call_count == 3

@@ -3,6 +3,8 @@ payment list and the runbook, so a reason that drifts or goes blank is a defect.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from bindu.reconcile.evidence import Corrupt, ProbeFailure, VerifyEvidence
@@ -103,3 +105,16 @@ def test_a_success_answer_still_proves_behind_later_entries(later):
     d = decide(record(answers=[settled(), later]), VerifyEvidence(False, NONCE_USED), NOW, RULES)
     assert d.verdict is Verdict.ORPHANED
     assert d.receipt is not None and d.receipt.transaction == TX
+
+
+def test_waiting_for_a_late_answer_says_until_when():
+    sent = NOW - timedelta(seconds=10)
+    unanswered = {"source": "settle", "at": sent.isoformat(), "answered": False}
+    rules = Rules(confirmations=2, max_attempts=5, late_answer_seconds=60)
+    d = decide(record(answers=[unanswered]), VerifyEvidence(False, NONCE_USED), NOW, rules)
+    until = sent + timedelta(seconds=60)
+    assert (d.verdict, d.attempts, d.next_check_at) == (Verdict.RETRY, 1, until)
+    assert d.reason == (
+        f"facilitator reports the authorization used or canceled; waiting until "
+        f"{until.isoformat()} for the settle answer the worker stopped waiting for"
+    )
