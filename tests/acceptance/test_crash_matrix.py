@@ -58,10 +58,18 @@ class Step:
     failpoint: str | None = None
     faults: dict[str, object] = field(default_factory=dict)
     agent_seconds: str = "0.2"
+    first_env: dict[str, str] = field(default_factory=dict)  # the server that is killed
 
 
 STEPS = [
-    Step("verified-and-queued", frozenset({"delivered"}), failpoint="after-queue"),
+    Step(
+        "verified-and-queued",
+        frozenset({"delivered"}),
+        failpoint="after-queue",
+        # No worker looks before the kill (the handler stops before waking one), so the
+        # task is still queued when the process dies.
+        first_env={"SERVER__QUEUE_POLL_SECONDS": "600"},
+    ),
     Step(
         "during-settle-transfer-landing",
         frozenset({"orphaned"}),
@@ -87,7 +95,7 @@ async def test_sigkill_at_each_step_ends_in_one_proven_outcome(
     async with storage_env(kind, tmp_path) as store, webhook_receiver() as hook:
         env = devnet.server_env(X402__RECONCILIATION__WEBHOOK_URL=hook.url, **store, **SETTINGS)
         env[agents.RUNS_FILE_ENV] = str(runs_file)
-        first_env = {**env, "BINDU_TEST_AGENT_SECONDS": step.agent_seconds}
+        first_env = {**env, "BINDU_TEST_AGENT_SECONDS": step.agent_seconds, **step.first_env}
         if step.failpoint:
             first_env |= {ENABLED_VAR: step.failpoint, FILE_VAR: str(failpoint_file)}
         faults_reset.update(step.faults)
