@@ -39,7 +39,7 @@ bench: install
 
 # Mutation testing of the money-critical modules against the fast tests, fresh each time;
 # not part of `make test` (minutes, not seconds). Score and survivors: docs/mutation.md.
-mutate: install
+mutate: $(STAMP_PY)
 	$(PY) -m bench.mutation
 
 lint: install
