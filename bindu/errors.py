@@ -21,5 +21,9 @@ class RefundTxTaken(StorageError):
         self.network, self.tx, self.holder = network, tx, holder
 
 
+class IllegalTransition(StorageError):
+    """A payment write along an edge the lifecycle table does not have; nothing was written."""
+
+
 class AgentLoadError(BinduError):
     """The agent named by MODULE:ATTR could not be imported."""

@@ -22,6 +22,11 @@ PAYWALL_RATE_LIMITED = Counter(
     "Payments answered 429 because a refusal budget was spent",
     ["scope"],
 )
+ILLEGAL_TRANSITIONS = Counter(
+    "bindu_illegal_transitions_total",
+    "Payment writes refused by the lifecycle table (a bug, or a stale writer)",
+    ["from", "to"],
+)
 SERVICE_RESTARTS = Counter(
     "bindu_service_restarts_total", "Background services restarted after a crash", ["service"]
 )

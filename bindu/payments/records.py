@@ -37,9 +37,16 @@ class PaymentStatus(StrEnum):
     REFUNDED = "payment-refunded"
 
 
-# Statuses whose outcome is unknown: the reconciler's candidates (a due FULFILLING record is
-# a fulfilment whose process died).
-OPEN_STATUSES = frozenset({PaymentStatus.VERIFIED, PaymentStatus.FAILED, PaymentStatus.FULFILLING})
+# The reconciler's candidates once due (bindu.payments.lifecycle says who owns each status
+# until then). payment-verified is not one: a queued payment belongs to the task queue.
+OPEN_STATUSES = frozenset(
+    {
+        PaymentStatus.SETTLING,
+        PaymentStatus.SETTLED,
+        PaymentStatus.FAILED,
+        PaymentStatus.FULFILLING,
+    }
+)
 FINAL_STATUSES = frozenset(
     {
         PaymentStatus.COMPLETED,
@@ -188,6 +195,10 @@ class PaymentUpdate:
     verdict_at: datetime | None = None
     refund: Refund | None = None
     release_lease: bool = False
+    # Take (or extend) the lease: a worker holds its settling/settled record this way, so a
+    # reconciler that takes the record over afterwards makes the worker's next write lose.
+    lease_to: str | None = None
+    lease_until: datetime | None = None
 
 
 def wire(model: BaseModel) -> dict[str, Any]:

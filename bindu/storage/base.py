@@ -116,16 +116,24 @@ class Storage(Protocol):
         Returns the new record, or None when the compare-and-set lost (nothing written). An
         ``update.refund`` books its transaction in the refund ledger in that same
         transaction: one refund per (network, tx), so if another payment already holds it
-        this raises RefundTxTaken and changes nothing."""
+        this raises RefundTxTaken and changes nothing. Raises IllegalTransition (nothing
+        written) when an expected status may not move to ``update.status``
+        (bindu.payments.lifecycle)."""
 
     async def claim_due_payments(
         self, *, now: datetime, limit: int, owner: str, lease_seconds: float
     ) -> list[PaymentRecord]:
-        """Lease up to ``limit`` open records (``OPEN_STATUSES``: payment-verified,
-        payment-failed, payment-fulfilling) whose ``next_check_at`` is due and whose lease
-        is free or expired, oldest due first. Two concurrent callers never receive the same
-        record while its lease holds. A final status clears ``next_check_at``; an open one
-        (payment-fulfilling included) keeps it."""
+        """Lease up to ``limit`` open records (``OPEN_STATUSES``: payment-settling,
+        payment-settled, payment-failed, payment-fulfilling; never payment-verified, which
+        the task queue owns) whose ``next_check_at`` is due and whose lease is free or
+        expired, oldest due first. Two concurrent callers never receive the same record
+        while its lease holds. A final status clears ``next_check_at``; an open one keeps
+        it."""
+
+    async def sweep_claims(self, *, created_before: datetime, limit: int) -> list[str]:
+        """Delete up to ``limit`` records still ``claimed`` that were created before
+        ``created_before`` (their /verify never answered: the process died), oldest first;
+        return their ids. Indexed, never a scan."""
 
     async def list_payments(
         self,

@@ -17,8 +17,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bindu.a2a import Task, TaskState
-from bindu.errors import StorageError
+from bindu.errors import IllegalTransition, StorageError
+from bindu.metrics import ILLEGAL_TRANSITIONS
 from bindu.payments.events import OutboxEvent, OutboxItem, OutboxStatus
+from bindu.payments.lifecycle import refused
 from bindu.payments.records import PaymentRecord, PaymentStatus, PaymentUpdate
 from bindu.storage.codec import check_page, checked_push_config, normalize_payment, utc, utc_opt
 
@@ -177,6 +179,14 @@ class CheckedStorage(ABC):
         task: Task | None = None,
         events: Sequence[OutboxEvent] = (),
     ) -> PaymentRecord | None:
+        # The lifecycle table, checked before the backend is touched: an illegal edge is a
+        # bug (or a writer with a stale picture), never something to store.
+        bad = refused(expected, update.status)
+        if bad:
+            for source, target in bad:
+                ILLEGAL_TRANSITIONS.labels(source.value, _name(target)).inc()
+            pairs = ", ".join(f"{s.value} -> {_name(t)}" for s, t in bad)
+            raise IllegalTransition(f"payment {payment_id}: illegal transition {pairs}")
         return await self._transition(
             Transition(payment_id, expected, update, now, lease_owner, task, checked_events(events))
         )
@@ -188,6 +198,10 @@ class CheckedStorage(ABC):
         now = utc(now)
         expires_at = now + timedelta(seconds=lease_seconds)
         return await self._lease_due(DueLease(now, limit, owner, expires_at))
+
+    async def sweep_claims(self, *, created_before: datetime, limit: int) -> list[str]:
+        check_page(limit, 0)
+        return await self._sweep_claims(utc(created_before), limit)
 
     async def list_payments(
         self,
@@ -292,6 +306,9 @@ class CheckedStorage(ABC):
     async def _lease_due(self, lease: DueLease) -> list[PaymentRecord]: ...
 
     @abstractmethod
+    async def _sweep_claims(self, created_before: datetime, limit: int) -> list[str]: ...
+
+    @abstractmethod
     async def _list_payments(self, page: PaymentPage) -> list[PaymentRecord]: ...
 
     @abstractmethod
@@ -313,3 +330,7 @@ class CheckedStorage(ABC):
 
     @abstractmethod
     async def _list_outbox(self, page: OutboxPage) -> list[OutboxItem]: ...
+
+
+def _name(status: PaymentStatus | None) -> str:
+    return "(same)" if status is None else status.value

@@ -174,6 +174,8 @@ def transition_params(
         "verdict_at": time(utc_opt(update.verdict_at)),
         "refund": None if refund is None else json(refund.to_json()),
         "release_lease": update.release_lease,
+        "lease_to": update.lease_to,
+        "lease_until": time(utc_opt(update.lease_until)),
         "updated_at": time(utc(now)),
     }
 

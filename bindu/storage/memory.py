@@ -32,7 +32,13 @@ from bindu.storage.checked import (
     TaskPage,
     Transition,
 )
-from bindu.storage.codec import clears_next_check, normalize_refund, status_counts, utc
+from bindu.storage.codec import (
+    clears_next_check,
+    normalize_refund,
+    status_counts,
+    utc,
+    utc_opt,
+)
 
 _UniqueKey = tuple[str, str, str, str]
 
@@ -89,6 +95,9 @@ def _apply(record: PaymentRecord, update: PaymentUpdate, now: datetime) -> Payme
     if update.release_lease:
         changes["lease_owner"] = None
         changes["lease_expires_at"] = None
+    elif update.lease_to is not None:
+        changes["lease_owner"] = update.lease_to
+        changes["lease_expires_at"] = utc_opt(update.lease_until)
     return record.evolve(**changes)
 
 
@@ -307,6 +316,21 @@ class MemoryStorage(CheckedStorage):
             for record in leased:
                 self._payments[record.id] = record
             return copy.deepcopy(leased)
+
+    async def _sweep_claims(self, created_before: datetime, limit: int) -> list[str]:
+        async with self._lock:
+            stale = sorted(
+                (
+                    r
+                    for r in self._payments.values()
+                    if r.status is PaymentStatus.CLAIMED and r.created_at < created_before
+                ),
+                key=lambda r: (r.created_at, r.id),
+            )[:limit]
+            for record in stale:
+                del self._payments[record.id]
+                del self._by_key[_unique_key(record)]
+            return sorted(r.id for r in stale)
 
     async def _list_payments(self, page: PaymentPage) -> list[PaymentRecord]:
         before = page.created_before

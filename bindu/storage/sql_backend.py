@@ -291,6 +291,11 @@ class SqlStorage(CheckedStorage, Generic[Handle]):
         records = [self._decode_payment(row) for row in rows]
         return sorted(records, key=lambda r: (r.next_check_at or lease.now, r.id))
 
+    async def _sweep_claims(self, created_before: datetime, limit: int) -> list[str]:
+        params = {"created_before": self._time(created_before), "limit": limit}
+        rows = await self._one("sweep_claims", params, write=True)
+        return sorted(str(row["id"]) for row in rows)
+
     async def _list_payments(self, page: PaymentPage) -> list[PaymentRecord]:
         statuses = page.statuses
         params = {

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from bindu.a2a import Task, TaskState, TaskStatus
-from bindu.errors import RefundTxTaken, StorageError
+from bindu.errors import IllegalTransition, RefundTxTaken, StorageError
 from bindu.payments.records import (
     FINAL_STATUSES,
     OPEN_STATUSES,
@@ -26,7 +26,7 @@ from bindu.storage.base import Storage
 from .conftest import T0, Backend
 
 S = PaymentStatus
-OPEN = [S.VERIFIED, S.FAILED]
+OPEN = [S.VERIFIED, S.FAILED]  # a status filter in listings
 
 
 def make_task(task_id: str, *, context_id: str = "ctx", state: TaskState = TaskState.SUBMITTED):
@@ -60,7 +60,7 @@ def make_record(payment_id: str, **changes: Any) -> PaymentRecord:
 
 
 def due_record(payment_id: str, next_check_at: datetime, **changes: Any) -> PaymentRecord:
-    return make_record(payment_id, **{"status": S.VERIFIED, **changes}, next_check_at=next_check_at)
+    return make_record(payment_id, **{"status": S.SETTLING, **changes}, next_check_at=next_check_at)
 
 
 def at(seconds: float) -> datetime:
@@ -389,32 +389,34 @@ async def test_transition_none_fields_are_unchanged(storage: Storage) -> None:
 async def test_transition_loses_on_unexpected_status(storage: Storage) -> None:
     await storage.claim_payment(make_record("p1", status=S.VERIFIED))
     before = await storage.get_payment("p1")
-    update = PaymentUpdate(status=S.COMPLETED, error="x")
-    assert await storage.transition_payment("p1", [S.CLAIMED, S.FAILED], update, now=at(1)) is None
+    update = PaymentUpdate(status=S.ORPHANED, error="x")
+    assert (
+        await storage.transition_payment("p1", [S.SETTLED, S.FAILED], update, now=at(1)) is None
+    )
     assert await storage.transition_payment("p1", [], update, now=at(1)) is None
-    assert await storage.transition_payment("nope", [S.VERIFIED], update, now=at(1)) is None
+    assert await storage.transition_payment("nope", [S.FAILED], update, now=at(1)) is None
     assert await storage.get_payment("p1") == before
 
 
 async def test_compare_and_set_only_one_writer_wins(storage: Storage) -> None:
     await storage.claim_payment(make_record("p1", status=S.VERIFIED))
     first = await storage.transition_payment(
-        "p1", [S.VERIFIED], PaymentUpdate(status=S.COMPLETED), now=at(1)
+        "p1", [S.VERIFIED], PaymentUpdate(status=S.SETTLING), now=at(1)
     )
     second = await storage.transition_payment(
         "p1", [S.VERIFIED], PaymentUpdate(status=S.FAILED), now=at(2)
     )
     assert first is not None and second is None
     got = await storage.get_payment("p1")
-    assert got is not None and got.status == S.COMPLETED and got.updated_at == at(1)
+    assert got is not None and got.status == S.SETTLING and got.updated_at == at(1)
 
 
 async def test_concurrent_transitions_one_winner(backend: Backend) -> None:
     a, b = await backend.handle(), await backend.handle()
-    await a.claim_payment(make_record("p1", status=S.VERIFIED))
+    await a.claim_payment(make_record("p1", status=S.SETTLED))
     results = await asyncio.gather(
-        a.transition_payment("p1", [S.VERIFIED], PaymentUpdate(status=S.COMPLETED), now=at(1)),
-        b.transition_payment("p1", [S.VERIFIED], PaymentUpdate(status=S.ORPHANED), now=at(1)),
+        a.transition_payment("p1", [S.SETTLED], PaymentUpdate(status=S.COMPLETED), now=at(1)),
+        b.transition_payment("p1", [S.SETTLED], PaymentUpdate(status=S.ORPHANED), now=at(1)),
     )
     winners = [r for r in results if r is not None]
     assert len(winners) == 1
@@ -427,18 +429,18 @@ async def test_transition_checks_lease_owner(storage: Storage) -> None:
     assert leased.lease_owner == "w1"
     update = PaymentUpdate(attempts=1)
     assert (
-        await storage.transition_payment("p1", [S.VERIFIED], update, now=at(2), lease_owner="w2")
+        await storage.transition_payment("p1", [S.SETTLING], update, now=at(2), lease_owner="w2")
         is None
     )
-    got = await storage.transition_payment("p1", [S.VERIFIED], update, now=at(3), lease_owner="w1")
+    got = await storage.transition_payment("p1", [S.SETTLING], update, now=at(3), lease_owner="w1")
     assert got is not None and got.attempts == 1
     # Without lease_owner the lease is not checked.
-    assert await storage.transition_payment("p1", [S.VERIFIED], update, now=at(4)) is not None
+    assert await storage.transition_payment("p1", [S.SETTLING], update, now=at(4)) is not None
 
 
 async def test_transition_with_lease_owner_refuses_unleased_record(storage: Storage) -> None:
     await storage.claim_payment(make_record("p1", status=S.VERIFIED))
-    update = PaymentUpdate(status=S.COMPLETED)
+    update = PaymentUpdate(status=S.SETTLING)
     assert (
         await storage.transition_payment("p1", [S.VERIFIED], update, now=at(1), lease_owner="w")
         is None
@@ -480,9 +482,11 @@ async def test_transition_clear_error(storage: Storage) -> None:
 
 @pytest.mark.parametrize("final", sorted(FINAL_STATUSES))
 async def test_final_status_clears_next_check(storage: Storage, final: PaymentStatus) -> None:
-    await storage.claim_payment(due_record("p1", at(5)))
+    # From a status with an edge to ``final`` (refunded only follows orphaned).
+    source = S.ORPHANED if final is S.REFUNDED else S.SETTLED if final is S.COMPLETED else S.FAILED
+    await storage.claim_payment(due_record("p1", at(5), status=source))
     got = await storage.transition_payment(
-        "p1", [S.VERIFIED], PaymentUpdate(status=final, next_check_at=at(99)), now=at(1)
+        "p1", [source], PaymentUpdate(status=final, next_check_at=at(99)), now=at(1)
     )
     assert got is not None and got.status == final and got.next_check_at is None
     stored = await storage.get_payment("p1")
@@ -492,7 +496,7 @@ async def test_final_status_clears_next_check(storage: Storage, final: PaymentSt
 async def test_open_status_keeps_or_sets_next_check(storage: Storage) -> None:
     await storage.claim_payment(due_record("p1", at(5)))
     got = await storage.transition_payment(
-        "p1", [S.VERIFIED], PaymentUpdate(status=S.FAILED), now=at(1)
+        "p1", [S.SETTLING], PaymentUpdate(status=S.FAILED), now=at(1)
     )
     assert got is not None and got.next_check_at == at(5)
     got = await storage.transition_payment(
@@ -505,7 +509,7 @@ async def test_transition_release_lease(storage: Storage) -> None:
     await storage.claim_payment(due_record("p1", at(0)))
     await storage.claim_due_payments(now=at(1), limit=5, owner="w", lease_seconds=60)
     got = await storage.transition_payment(
-        "p1", [S.VERIFIED], PaymentUpdate(release_lease=True), now=at(2), lease_owner="w"
+        "p1", [S.SETTLING], PaymentUpdate(release_lease=True), now=at(2), lease_owner="w"
     )
     assert got is not None and got.lease_owner is None and got.lease_expires_at is None
     # Released: due again right away, long before the lease would have run out.
@@ -514,10 +518,10 @@ async def test_transition_release_lease(storage: Storage) -> None:
 
 
 async def test_transition_saves_new_task_atomically(storage: Storage) -> None:
-    await storage.claim_payment(make_record("p1", status=S.VERIFIED, task_id="t1"))
+    await storage.claim_payment(make_record("p1", status=S.SETTLED, task_id="t1"))
     task = make_task("t1", state=TaskState.COMPLETED)
     got = await storage.transition_payment(
-        "p1", [S.VERIFIED], PaymentUpdate(status=S.COMPLETED), now=at(1), task=task
+        "p1", [S.SETTLED], PaymentUpdate(status=S.COMPLETED), now=at(1), task=task
     )
     assert got is not None
     assert await storage.get_task("t1") == task
@@ -526,10 +530,10 @@ async def test_transition_saves_new_task_atomically(storage: Storage) -> None:
 async def test_transition_overwrites_existing_task(storage: Storage) -> None:
     await storage.create_task(make_task("t0"))
     await storage.create_task(make_task("t1"))
-    await storage.claim_payment(make_record("p1", status=S.VERIFIED, task_id="t0"))
+    await storage.claim_payment(make_record("p1", status=S.SETTLED, task_id="t0"))
     done = make_task("t0", state=TaskState.COMPLETED)
     assert await storage.transition_payment(
-        "p1", [S.VERIFIED], PaymentUpdate(status=S.COMPLETED), now=at(100), task=done
+        "p1", [S.SETTLED], PaymentUpdate(status=S.COMPLETED), now=at(100), task=done
     )
     assert await storage.get_task("t0") == done
     # created_at is kept: t0 still lists first.
@@ -615,9 +619,9 @@ async def test_expired_lease_can_be_taken_over(storage: Storage) -> None:
     [taken] = await storage.claim_due_payments(now=at(11), limit=1, owner="w2", lease_seconds=10)
     assert taken.lease_owner == "w2" and taken.lease_expires_at == at(21)
     # The old holder's writes now lose.
-    update = PaymentUpdate(status=S.COMPLETED)
+    update = PaymentUpdate(status=S.SETTLED)
     assert (
-        await storage.transition_payment("p1", [S.VERIFIED], update, now=at(12), lease_owner="w1")
+        await storage.transition_payment("p1", [S.SETTLING], update, now=at(12), lease_owner="w1")
         is None
     )
 
@@ -672,9 +676,9 @@ async def test_count_payments(storage: Storage) -> None:
     await storage.claim_payment(make_record("1", status=S.VERIFIED))
     await storage.claim_payment(make_record("2", status=S.VERIFIED))
     await storage.claim_payment(make_record("3", status=S.CLAIMED))
-    await storage.transition_payment("2", [S.VERIFIED], PaymentUpdate(status=S.VOID), now=at(1))
+    await storage.transition_payment("2", [S.VERIFIED], PaymentUpdate(status=S.FAILED), now=at(1))
     counts = await storage.count_payments()
-    assert counts == {**dict.fromkeys(PaymentStatus, 0), S.VERIFIED: 1, S.VOID: 1, S.CLAIMED: 1}
+    assert counts == {**dict.fromkeys(PaymentStatus, 0), S.VERIFIED: 1, S.FAILED: 1, S.CLAIMED: 1}
 
 
 # Reopening
@@ -705,11 +709,11 @@ async def test_transition_records_refund(storage: Storage) -> None:
     assert got is not None
     assert got.status == S.REFUNDED and got.refund == refund and got.receipt == receipt
     assert await storage.get_payment("p1") == got
-    # None leaves the refund as it is.
-    again = await storage.transition_payment(
-        "p1", [S.REFUNDED], PaymentUpdate(error="note"), now=at(61)
-    )
-    assert again is not None and again.refund == refund
+    # A refunded payment is final: no further write, the refund stays as it is.
+    with pytest.raises(IllegalTransition):
+        await storage.transition_payment("p1", [S.REFUNDED], PaymentUpdate(error="x"), now=at(61))
+    again = await storage.get_payment("p1")
+    assert again is not None and again.refund == refund and again.error is None
 
 
 async def test_refund_times_come_back_in_utc(storage: Storage) -> None:
@@ -717,19 +721,23 @@ async def test_refund_times_come_back_in_utc(storage: Storage) -> None:
     local = datetime(2026, 1, 1, 2, 0, tzinfo=plus2)  # == T0
     await storage.claim_payment(make_record("p1", status=S.ORPHANED))
     got = await storage.transition_payment(
-        "p1", [S.ORPHANED], PaymentUpdate(refund=make_refund(recorded_at=local)), now=at(1)
+        "p1",
+        [S.ORPHANED],
+        PaymentUpdate(status=S.REFUNDED, refund=make_refund(recorded_at=local)),
+        now=at(1),
     )
     assert got is not None and got.refund is not None
     assert got.refund.recorded_at == T0 and got.refund.recorded_at.tzinfo == UTC
     naive = make_refund(recorded_at=datetime(2026, 1, 1))
+    await storage.claim_payment(make_record("p3", status=S.ORPHANED))
     with pytest.raises(StorageError):
         await storage.transition_payment(
-            "p1", [S.ORPHANED], PaymentUpdate(status=S.REFUNDED, refund=naive), now=at(2)
+            "p3", [S.ORPHANED], PaymentUpdate(status=S.REFUNDED, refund=naive), now=at(2)
         )
     with pytest.raises(StorageError):
         await storage.claim_payment(make_record("p2", refund=naive))
-    stored = await storage.get_payment("p1")
-    assert stored is not None and stored.status == S.ORPHANED and stored.refund == got.refund
+    stored = await storage.get_payment("p3")
+    assert stored is not None and stored.status == S.ORPHANED and stored.refund is None
     assert await storage.get_payment("p2") is None
 
 
@@ -928,3 +936,151 @@ async def test_push_config_survives_reopen(backend: Backend) -> None:
     await first.close()
     second = await backend.handle()
     assert await second.get_push_config("t1") == {"url": "https://x"}
+
+
+# The lifecycle table, enforced by storage (migration 3)
+
+
+def _illegal_count(source: PaymentStatus, target: str) -> float:
+    from prometheus_client import REGISTRY
+
+    value = REGISTRY.get_sample_value(
+        "bindu_illegal_transitions_total", {"from": source.value, "to": target}
+    )
+    return value or 0.0
+
+
+@pytest.mark.parametrize(
+    ("source", "target"),
+    [
+        (S.VERIFIED, S.COMPLETED),
+        (S.VERIFIED, S.FULFILLING),
+        (S.COMPLETED, S.ORPHANED),
+        (S.SETTLED, S.FAILED),
+        (S.SETTLED, S.SETTLING),
+        (S.VOID, S.ORPHANED),
+        (S.CLAIMED, S.SETTLING),
+    ],
+)
+async def test_an_illegal_transition_is_refused_counted_and_changes_nothing(
+    storage: Storage, source: PaymentStatus, target: PaymentStatus
+) -> None:
+    await storage.create_task(make_task("t1"))
+    await storage.claim_payment(make_record("p1", status=source, task_id="t1"))
+    before = await storage.get_payment("p1")
+    counted = _illegal_count(source, target.value)
+    with pytest.raises(IllegalTransition, match=f"{source.value} -> {target.value}"):
+        await storage.transition_payment(
+            "p1",
+            [source],
+            PaymentUpdate(status=target, error="x", answer={"n": 1}),
+            now=at(1),
+            task=make_task("t1", state=TaskState.COMPLETED),
+        )
+    assert await storage.get_payment("p1") == before
+    assert await storage.get_task("t1") == make_task("t1")
+    assert _illegal_count(source, target.value) == counted + 1
+
+
+async def test_one_illegal_expected_status_refuses_the_whole_write(storage: Storage) -> None:
+    # Even when the stored status is the legal one: the caller's picture is wrong.
+    await storage.claim_payment(make_record("p1", status=S.FAILED))
+    before = await storage.get_payment("p1")
+    with pytest.raises(IllegalTransition):
+        await storage.transition_payment(
+            "p1", [S.FAILED, S.VERIFIED], PaymentUpdate(status=S.ORPHANED), now=at(1)
+        )
+    assert await storage.get_payment("p1") == before
+
+
+@pytest.mark.parametrize("final", sorted(FINAL_STATUSES))
+async def test_bookkeeping_on_a_final_record_is_refused(
+    storage: Storage, final: PaymentStatus
+) -> None:
+    await storage.claim_payment(make_record("p1", status=final))
+    before = await storage.get_payment("p1")
+    with pytest.raises(IllegalTransition):
+        await storage.transition_payment("p1", [final], PaymentUpdate(attempts=9), now=at(1))
+    assert await storage.get_payment("p1") == before
+
+
+@pytest.mark.parametrize(
+    "status", sorted(set(PaymentStatus) - FINAL_STATUSES), ids=lambda s: s.value
+)
+async def test_bookkeeping_on_an_unfinished_record_is_allowed(
+    storage: Storage, status: PaymentStatus
+) -> None:
+    await storage.claim_payment(make_record("p1", status=status))
+    got = await storage.transition_payment(
+        "p1", [status], PaymentUpdate(attempts=2, answer={"n": 1}), now=at(1)
+    )
+    assert got is not None and got.status == status and got.attempts == 2
+
+
+async def test_the_payment_walks_the_happy_path(storage: Storage) -> None:
+    await storage.claim_payment(make_record("p1"))
+    for source, target in [
+        (S.CLAIMED, S.VERIFIED),
+        (S.VERIFIED, S.SETTLING),
+        (S.SETTLING, S.SETTLED),
+        (S.SETTLED, S.COMPLETED),
+    ]:
+        got = await storage.transition_payment(
+            "p1", [source], PaymentUpdate(status=target), now=at(1)
+        )
+        assert got is not None and got.status == target
+
+
+async def test_a_worker_lease_makes_its_write_lose_once_taken_over(storage: Storage) -> None:
+    # The worker holds its settling record until its deadline; a reconciler takes it
+    # after that, and the worker's late "settled" must then lose.
+    await storage.claim_payment(make_record("p1", status=S.VERIFIED))
+    got = await storage.transition_payment(
+        "p1",
+        [S.VERIFIED],
+        PaymentUpdate(status=S.SETTLING, next_check_at=at(10), lease_to="w", lease_until=at(10)),
+        now=at(1),
+    )
+    assert got is not None and (got.lease_owner, got.lease_expires_at) == ("w", at(10))
+    assert await storage.claim_due_payments(now=at(9), limit=5, owner="r", lease_seconds=5) == []
+    [taken] = await storage.claim_due_payments(now=at(10), limit=5, owner="r", lease_seconds=5)
+    assert taken.lease_owner == "r"
+    settled = PaymentUpdate(status=S.SETTLED, settle_tx="0xtx")
+    assert (
+        await storage.transition_payment("p1", [S.SETTLING], settled, now=at(11), lease_owner="w")
+        is None
+    )
+    # Extending one's own lease keeps it; releasing clears both columns.
+    mine = await storage.transition_payment(
+        "p1",
+        [S.SETTLING],
+        PaymentUpdate(lease_to="r", lease_until=at(30)),
+        now=at(12),
+        lease_owner="r",
+    )
+    assert mine is not None and mine.lease_expires_at == at(30)
+    freed = await storage.transition_payment(
+        "p1", [S.SETTLING], PaymentUpdate(release_lease=True, lease_to="x"), now=at(13)
+    )
+    assert freed is not None and (freed.lease_owner, freed.lease_expires_at) == (None, None)
+
+
+# Stale claims (migration 3)
+
+
+async def test_sweep_claims_deletes_only_old_claims(storage: Storage) -> None:
+    await storage.claim_payment(make_record("old", created_at=at(0)))
+    await storage.claim_payment(make_record("older", created_at=at(-5)))
+    await storage.claim_payment(make_record("fresh", created_at=at(10)))
+    await storage.claim_payment(make_record("edge", created_at=at(5)))
+    await storage.claim_payment(make_record("verified", status=S.VERIFIED, created_at=at(-9)))
+    await storage.claim_payment(make_record("failed", status=S.FAILED, created_at=at(-9)))
+    assert await storage.sweep_claims(created_before=at(5), limit=1) == ["older"]
+    assert await storage.sweep_claims(created_before=at(5), limit=10) == ["old"]
+    assert await storage.sweep_claims(created_before=at(5), limit=10) == []
+    left = sorted(r.id for r in await storage.list_payments())
+    assert left == ["edge", "failed", "fresh", "verified"]
+    # The nonce is free again: the same authorization can be claimed anew.
+    assert await storage.claim_payment(make_record("old", created_at=at(20)))
+    with pytest.raises(StorageError):
+        await storage.sweep_claims(created_before=datetime(2026, 1, 1), limit=1)

@@ -96,6 +96,25 @@ CREATE TABLE push_configs (
     updated_at timestamptz NOT NULL
 );
 
+-- migration: 3
+-- Issue 9: the payment lifecycle's own statuses. A queued payment (payment-verified)
+-- belongs to the task queue, no longer to the reconciler; a worker's settle in flight is
+-- payment-settling and a settled payment whose work is not delivered yet payment-settled,
+-- each the reconciler's once due. A payment-verified row whose task already left
+-- 'submitted' may have had its settle in flight when the old code stopped: it becomes
+-- payment-settling, due now at the latest.
+UPDATE payments
+SET status = 'payment-settling', next_check_at = least(coalesce(next_check_at, now()), now())
+WHERE status = 'payment-verified'
+    AND NOT EXISTS (
+        SELECT 1 FROM tasks WHERE tasks.id = payments.task_id AND tasks.state = 'submitted'
+    );
+DROP INDEX payments_due;
+CREATE INDEX payments_due ON payments (next_check_at, id)
+    WHERE status IN (
+        'payment-settling', 'payment-settled', 'payment-failed', 'payment-fulfilling'
+    );
+
 -- migration: 4
 -- Issue 9: the tasks table is the durable queue. A worker leases a task (owner and
 -- expiry); a submitted task whose lease is free or expired is due, and so is a working
@@ -260,9 +279,14 @@ UPDATE payments SET
     receipt = coalesce(%(receipt)s::jsonb, receipt),
     verdict_at = coalesce(%(verdict_at)s::timestamptz, verdict_at),
     refund = coalesce(%(refund)s::jsonb, refund),
-    lease_owner = CASE WHEN %(release_lease)s::boolean THEN NULL ELSE lease_owner END,
+    lease_owner = CASE
+        WHEN %(release_lease)s::boolean THEN NULL
+        ELSE coalesce(%(lease_to)s::text, lease_owner)
+    END,
     lease_expires_at = CASE
-        WHEN %(release_lease)s::boolean THEN NULL ELSE lease_expires_at
+        WHEN %(release_lease)s::boolean THEN NULL
+        WHEN %(lease_to)s::text IS NOT NULL THEN %(lease_until)s::timestamptz
+        ELSE lease_expires_at
     END,
     updated_at = %(updated_at)s::timestamptz
 WHERE id = %(id)s::text
@@ -277,7 +301,9 @@ RETURNING *;
 -- OPEN_STATUSES (a conformance test holds the two together).
 WITH due AS (
     SELECT id FROM payments
-    WHERE status IN ('payment-verified', 'payment-failed', 'payment-fulfilling')
+    WHERE status IN (
+        'payment-settling', 'payment-settled', 'payment-failed', 'payment-fulfilling'
+    )
         AND next_check_at IS NOT NULL
         AND next_check_at <= %(now)s::timestamptz
         AND (lease_expires_at IS NULL OR lease_expires_at <= %(now)s::timestamptz)
@@ -290,6 +316,23 @@ SET lease_owner = %(owner)s::text, lease_expires_at = %(lease_expires_at)s::time
 FROM due
 WHERE p.id = due.id
 RETURNING p.*;
+
+-- name: sweep_claims
+-- Claims whose /verify never answered (the process died mid-verify): no settle was ever
+-- sent and no task exists, so the row is deleted and the nonce freed. Reads
+-- payments_status_created (status, created_at); SKIP LOCKED passes over a claim being
+-- moved to payment-verified right now.
+WITH stale AS (
+    SELECT id FROM payments
+    WHERE status = 'claimed' AND created_at < %(created_before)s::timestamptz
+    ORDER BY created_at
+    LIMIT %(limit)s::integer
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM payments AS p
+USING stale
+WHERE p.id = stale.id AND p.status = 'claimed'
+RETURNING p.id;
 
 -- name: list_payments
 SELECT * FROM payments

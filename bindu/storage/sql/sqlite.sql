@@ -78,6 +78,30 @@ CREATE TABLE push_configs (
     updated_at TEXT NOT NULL
 );
 
+-- migration: 3
+-- Issue 9: the payment lifecycle's own statuses. A queued payment (payment-verified)
+-- belongs to the task queue, no longer to the reconciler; a worker's settle in flight is
+-- payment-settling and a settled payment whose work is not delivered yet payment-settled,
+-- each the reconciler's once due. A payment-verified row whose task already left
+-- 'submitted' may have had its settle in flight when the old code stopped: it becomes
+-- payment-settling, due now at the latest (now in the fixed-width form of stored times).
+UPDATE payments
+SET status = 'payment-settling',
+    next_check_at = min(
+        coalesce(next_check_at, strftime('%Y-%m-%dT%H:%M:%f000Z', 'now')),
+        strftime('%Y-%m-%dT%H:%M:%f000Z', 'now')
+    )
+WHERE status = 'payment-verified'
+    AND NOT EXISTS (
+        SELECT 1 FROM tasks WHERE tasks.id = payments.task_id AND tasks.state = 'submitted'
+    );
+DROP INDEX payments_due;
+-- As in migration 1: the status list must match claim_due_payments verbatim.
+CREATE INDEX payments_due ON payments (next_check_at, id)
+    WHERE status IN (
+        'payment-settling', 'payment-settled', 'payment-failed', 'payment-fulfilling'
+    );
+
 -- migration: 4
 -- Issue 9: the tasks table is the durable queue. A worker leases a task (owner and
 -- expiry); a submitted task whose lease is free or expired is due, and so is a working
@@ -237,8 +261,14 @@ UPDATE payments SET
     receipt = coalesce(:receipt, receipt),
     verdict_at = coalesce(:verdict_at, verdict_at),
     refund = coalesce(:refund, refund),
-    lease_owner = CASE WHEN :release_lease THEN NULL ELSE lease_owner END,
-    lease_expires_at = CASE WHEN :release_lease THEN NULL ELSE lease_expires_at END,
+    lease_owner = CASE
+        WHEN :release_lease THEN NULL ELSE coalesce(:lease_to, lease_owner)
+    END,
+    lease_expires_at = CASE
+        WHEN :release_lease THEN NULL
+        WHEN :lease_to IS NOT NULL THEN :lease_until
+        ELSE lease_expires_at
+    END,
     updated_at = :updated_at
 WHERE id = :id
     AND status IN (SELECT value FROM json_each(:expected))
@@ -256,7 +286,9 @@ UPDATE payments
 SET lease_owner = :owner, lease_expires_at = :lease_expires_at
 WHERE id IN (
     SELECT id FROM payments INDEXED BY payments_due
-    WHERE status IN ('payment-verified', 'payment-failed', 'payment-fulfilling')
+    WHERE status IN (
+        'payment-settling', 'payment-settled', 'payment-failed', 'payment-fulfilling'
+    )
         AND next_check_at IS NOT NULL
         AND next_check_at <= :now
         AND (lease_expires_at IS NULL OR lease_expires_at <= :now)
@@ -264,6 +296,20 @@ WHERE id IN (
     LIMIT :limit
 )
 RETURNING *;
+
+-- name: sweep_claims
+-- Claims whose /verify never answered (the process died mid-verify): no settle was ever
+-- sent and no task exists, so the row is deleted and the nonce freed. INDEXED BY pins
+-- payments_status_created (status, created_at): never a scan of the table.
+DELETE FROM payments
+WHERE id IN (
+    SELECT id FROM payments INDEXED BY payments_status_created
+    WHERE status = 'claimed' AND created_at < :created_before
+    ORDER BY created_at
+    LIMIT :limit
+)
+    AND status = 'claimed'
+RETURNING id;
 
 -- name: list_payments
 SELECT * FROM payments
