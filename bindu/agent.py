@@ -15,6 +15,15 @@ from bindu.errors import AgentLoadError
 
 Agent = Callable[[list[Message]], Any]
 
+
+class AgentFailed(Exception):
+    """The agent raised, returned something unusable, or ran past its time budget."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 _PART = TypeAdapter(Part)
 
 

@@ -27,6 +27,10 @@ ILLEGAL_TRANSITIONS = Counter(
     "Payment writes refused by the lifecycle table (a bug, or a stale writer)",
     ["from", "to"],
 )
+CLAIMS_SWEPT = Counter(
+    "bindu_claims_swept_total",
+    "Nonce claims deleted because their /verify never answered (the process died)",
+)
 SERVICE_RESTARTS = Counter(
     "bindu_service_restarts_total", "Background services restarted after a crash", ["service"]
 )

@@ -76,6 +76,11 @@ class ServerSettings(BaseModel):
     task_lease_seconds: float = Field(default=30.0, ge=1, le=86_400)
     # How often idle workers look for tasks queued by other replicas or left by a crash.
     queue_poll_seconds: float = Field(default=1.0, gt=0, le=3600)
+    # lifecycle: the agent's time budget per task; a paid run not delivered within it (plus
+    # a margin) is the reconciler's (orphaned, or re-run when the agent is idempotent).
+    agent_timeout_seconds: float = Field(default=300.0, gt=0)
+    # lifecycle: the agent may safely run twice for one task (fulfill may re-deliver).
+    agent_idempotent: bool = False
 
     # input: hostile-input bounds (JSON-RPC bodies are refused past these, before parsing)
     max_json_depth: int = Field(default=32, ge=4, le=256)
@@ -165,6 +170,8 @@ class X402Settings(BaseModel):
     settle_timeout_seconds: float = Field(default=15.0, gt=0)
     verify_timeout_seconds: float = Field(default=15.0, gt=0)
     rpc_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Keep listening this long for a settle answer after the settle deadline (DESIGN §7).
+    late_answer_seconds: float = Field(default=60.0, ge=0)
     protected_methods: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["message/send"]
     )

@@ -40,10 +40,11 @@ from x402.mechanisms.evm.types import ExactEIP3009Payload
 from x402.schemas import PaymentPayload, PaymentRequirements, ResourceConfig, ResourceInfo
 
 from bindu.a2a import new_id
+from bindu.failpoints import failpoint
 from bindu.jsontext import JsonRefused, strict_loads
 from bindu.payments.ratelimit import Clock, RefusalLimits
 from bindu.payments.records import PaymentRecord, PaymentStatus, wire
-from bindu.payments.settle import SettleOutcome, settle_with_deadline, verify_refusal
+from bindu.payments.settle import SettleOutcome, settle_listening, verify_refusal
 from bindu.payments.signature import SignatureCheck, check_signature
 from bindu.settings import X402Settings
 from bindu.storage.base import Storage
@@ -262,6 +263,7 @@ class Paywall:
         if not await self._storage.claim_payment(record):
             logger.info("x402 replay refused: payer={} nonce={}", record.payer, record.nonce)
             return Refusal(402, REPLAYED)
+        await failpoint("after-claim")
         try:
             verified = await asyncio.wait_for(
                 self._server.verify_payment(payload, requirements),
@@ -280,6 +282,7 @@ class Paywall:
             reason = verified.verify.invalid_reason or "invalid payment"
             logger.info("x402 verify refused: payer={} reason={}", record.payer, reason)
             return Refusal(402, f"payment invalid: {reason}")
+        await failpoint("after-verify")
         return Admission(record=record, payload=payload, requirements=requirements)
 
     def _check_authorization(
@@ -315,10 +318,13 @@ class Paywall:
 
     async def settle(
         self, payload: PaymentPayload, requirements: PaymentRequirements
-    ) -> SettleOutcome:
-        return await settle_with_deadline(
+    ) -> tuple[SettleOutcome, asyncio.Task[SettleOutcome | None] | None]:
+        """The outcome within the settle deadline, and (when it passed unanswered) a task
+        resolving to the late answer within ``X402__LATE_ANSWER_SECONDS``."""
+        return await settle_listening(
             self._server.settle_payment(payload, requirements),
             self.settings.settle_timeout_seconds,
+            late_seconds=self.settings.late_answer_seconds,
         )
 
 

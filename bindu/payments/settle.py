@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -36,6 +37,8 @@ class SettleOutcome:
     reason: str | None
     transaction: str | None
     answer: dict[str, Any]  # what to keep on the record (never the signed payload)
+    # False when no answer came (timeout, transport error): the settle may still be landing.
+    answered: bool = True
 
 
 def _tx(value: Any) -> str | None:
@@ -82,8 +85,9 @@ def from_http_error(exc: Exception) -> SettleOutcome:
     """Read an SDK error for a non-200 reply; keep any hash and reason the body carries."""
     parsed = http_error_body(exc)
     if parsed is None:
+        # No HTTP answer: the request may have reached the facilitator all the same.
         reason = f"{type(exc).__name__}: {exc}"[:300]
-        return SettleOutcome(SettleKind.FAILED, reason, None, {"error": reason})
+        return SettleOutcome(SettleKind.FAILED, reason, None, {"error": reason}, answered=False)
     status, body, doc = parsed
     if doc is not None:
         tx = _tx(doc.get("transaction"))
@@ -98,11 +102,49 @@ def from_http_error(exc: Exception) -> SettleOutcome:
 
 async def settle_with_deadline(settle: Any, timeout: float) -> SettleOutcome:
     """Await ``settle`` (a coroutine returning SettleResponse) for at most ``timeout`` s."""
+    outcome, _ = await settle_listening(settle, timeout, late_seconds=0.0)
+    return outcome
+
+
+async def settle_listening(
+    settle: Coroutine[Any, Any, Any], timeout: float, *, late_seconds: float
+) -> tuple[SettleOutcome, asyncio.Task[SettleOutcome | None] | None]:
+    """Await ``settle`` for at most ``timeout`` s. When the deadline passes, the HTTP call is
+    not cancelled: the second value is a task that keeps listening ``late_seconds`` more and
+    resolves to the late answer (None if none came; the call is then cancelled). The answer
+    often is still on its way, and for a facilitator-only deployment it is the cheapest
+    proof of payment there is (DESIGN §7)."""
+    call = asyncio.ensure_future(settle)
     try:
-        response = await asyncio.wait_for(settle, timeout)
-    except TimeoutError:
-        reason = f"settle_timeout: no answer within {timeout:g}s"
-        return SettleOutcome(SettleKind.FAILED, reason, None, {"error": reason})
+        done, _ = await asyncio.wait({call}, timeout=timeout)
+    except asyncio.CancelledError:
+        call.cancel()
+        raise
+    if call in done:
+        return _read(call), None
+    reason = f"settle_timeout: no answer within {timeout:g}s"
+    timed_out = SettleOutcome(SettleKind.FAILED, reason, None, {"error": reason}, answered=False)
+    if late_seconds <= 0:
+        call.cancel()
+        return timed_out, None
+    return timed_out, asyncio.create_task(_late(call, late_seconds), name="settle:late-answer")
+
+
+async def _late(call: asyncio.Future[Any], seconds: float) -> SettleOutcome | None:
+    try:
+        done, _ = await asyncio.wait({call}, timeout=seconds)
+    finally:
+        if not call.done():
+            call.cancel()
+    return _read(call) if call in done else None
+
+
+def _read(call: asyncio.Future[Any]) -> SettleOutcome:
+    try:
+        response = call.result()
+    except asyncio.CancelledError:
+        reason = "settle_cancelled"
+        return SettleOutcome(SettleKind.FAILED, reason, None, {"error": reason}, answered=False)
     except Exception as exc:  # transport errors, HTTP errors, malformed answers
         return from_http_error(exc)
     return from_response(response)

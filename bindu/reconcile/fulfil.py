@@ -18,6 +18,7 @@ from x402.http import HTTPFacilitatorClient
 from x402.schemas import PaymentPayload, PaymentRequirements
 
 from bindu.a2a import Task, TaskState, utcnow
+from bindu.agent import AgentFailed
 from bindu.metrics import PAYMENTS, VERDICTS
 from bindu.payments.events import TaskListener, alert_events, log_alert, task_notice
 from bindu.payments.records import (
@@ -30,7 +31,6 @@ from bindu.payments.records import (
 from bindu.payments.settle import SettleKind, settle_with_deadline
 from bindu.payments.task_meta import with_payment_meta
 from bindu.reconcile.verdict import Decision, Rules, Verdict, next_check
-from bindu.server.runner import AgentFailed
 from bindu.storage.base import Storage
 
 Fulfil = Callable[[Task], Awaitable[Task]]
@@ -122,10 +122,10 @@ class Fulfilment:
             outcome_reason, tx, answer = (
                 outcome.reason or "settle failed",
                 outcome.transaction,
-                (outcome.answer),
+                {"answered": outcome.answered, "response": outcome.answer},
             )
         now = utcnow()
-        await self._storage.transition_payment(
+        written = await self._storage.transition_payment(
             record.id,
             {PaymentStatus.FULFILLING},
             PaymentUpdate(
@@ -137,7 +137,10 @@ class Fulfilment:
             ),
             now=now,
         )
-        logger.warning("fulfil: late settle of payment {} failed: {}", record.id, outcome_reason)
+        if written is not None:
+            logger.warning(
+                "fulfil: late settle of payment {} failed: {}", record.id, outcome_reason
+            )
         return None
 
     async def _deliver(self, record: PaymentRecord, task: Task, receipt: Receipt) -> None:

@@ -15,7 +15,7 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from loguru import logger
@@ -24,7 +24,7 @@ from x402.http import HTTPFacilitatorClient
 from x402.schemas import PaymentPayload, PaymentRequirements
 
 from bindu.a2a import Task, TaskState, utcnow
-from bindu.metrics import PASS_SECONDS, PAYMENTS, RECONCILE_ERRORS, VERDICTS
+from bindu.metrics import CLAIMS_SWEPT, PASS_SECONDS, PAYMENTS, RECONCILE_ERRORS, VERDICTS
 from bindu.payments.events import (
     OutboxEvent,
     TaskListener,
@@ -82,6 +82,7 @@ class Reconciler:
         fulfil: Fulfil | None = None,
         notify: TaskListener | None = None,
         chain: ChainProbe | None = None,
+        agent_idempotent: bool = False,
     ) -> None:
         self._storage = storage
         self._settings = settings
@@ -91,6 +92,9 @@ class Reconciler:
             FacilitatorProbe(facilitator, settings.verify_timeout_seconds) if facilitator else None
         )
         self.owner = owner or default_owner()
+        # fulfill may re-run the agent for a settled payment whose run died only when the
+        # agent is declared idempotent (SERVER__AGENT_IDEMPOTENT); never otherwise.
+        self._agent_idempotent = agent_idempotent
         policy = self._config.policy
         if policy == "fulfill" and fulfil is None:
             logger.warning("policy fulfill needs the agent; this reconciler only records")
@@ -136,9 +140,22 @@ class Reconciler:
     async def close(self) -> None:
         await self._chain.close()
 
+    async def sweep_claims(self, now: datetime) -> list[str]:
+        """Delete claims whose /verify never answered (the process died mid-verify): no
+        settle was sent and no task exists; the nonce is free again."""
+        horizon = self._settings.verify_timeout_seconds + self._config.stale_margin_seconds
+        swept = await self._storage.sweep_claims(
+            created_before=now - timedelta(seconds=horizon), limit=self._config.batch_size
+        )
+        if swept:
+            CLAIMS_SWEPT.inc(len(swept))
+            logger.warning("swept {} stale payment claims: {}", len(swept), ", ".join(swept))
+        return swept
+
     async def run_pass(self, now: datetime | None = None) -> list[Outcome]:
         started = time.perf_counter()
         outcomes: list[Outcome] = []
+        await self.sweep_claims(now or utcnow())
         for _ in range(MAX_BATCHES_PER_PASS):
             at = now or utcnow()
             batch = await self._storage.claim_due_payments(
@@ -206,6 +223,9 @@ class Reconciler:
             written = await self._fulfilment.abandon(record, now)
             abandoned = Decision(Verdict.RETRY, "fulfilment interrupted", record.attempts)
             return Outcome(record.id, record.task_id, abandoned, written)
+        if record.status is PaymentStatus.SETTLED:
+            # Paid, and the worker did not deliver within the agent's budget: it died.
+            return await self._undelivered(record, now)
         async with self._semaphore:
             evidence = await self._probe(record)
         decision = decide(record, evidence, now, self.rules)
@@ -243,6 +263,8 @@ class Reconciler:
             "verdict": decision.verdict.value,
             "reason": decision.reason,
         }
+        if decision.verdict is Verdict.RETRY and record.status is PaymentStatus.SETTLING:
+            return await self._interrupted(record, decision, answer, now)
         if decision.verdict is Verdict.RETRY:
             update = PaymentUpdate(
                 attempts=decision.attempts,
@@ -300,8 +322,103 @@ class Reconciler:
             self._notify(task)
         return True
 
+    async def _interrupted(
+        self, record: PaymentRecord, decision: Decision, answer: dict[str, Any], now: datetime
+    ) -> bool:
+        """A settle whose worker died (or hung past its deadline) with no proof either way
+        yet: a failed settle from now on, judged on the usual backoff. Its /settle may still
+        land, so it is never sent again (verdict.settle_in_doubt)."""
+        reason = f"settle interrupted (server stopped mid-settle): {decision.reason}"
+        update = PaymentUpdate(
+            status=PaymentStatus.FAILED,
+            attempts=decision.attempts,
+            next_check_at=decision.next_check_at,
+            error=reason,
+            answer={**answer, "from": PaymentStatus.SETTLING.value},
+            release_lease=True,
+        )
+        task = await self._task_after(
+            record, PaymentStatus.FAILED, decision, "server stopped during payment settlement"
+        )
+        done = await self._storage.transition_payment(
+            record.id,
+            {record.status},
+            update,
+            now=now,
+            lease_owner=self.owner,
+            task=task,
+            events=[task_notice(task)] if task is not None else [],
+        )
+        if done is None:
+            return False
+        PAYMENTS.labels(PaymentStatus.FAILED.value).inc()
+        logger.warning("payment {}: {}", record.id, reason)
+        if task is not None:
+            self._notify(task)
+        return True
+
+    async def _undelivered(self, record: PaymentRecord, now: datetime) -> Outcome:
+        """A settled payment whose work the worker never delivered (its process died)."""
+        why = "the server stopped before the agent finished"
+        attempts = record.attempts + 1
+        if self.rules.policy == "fulfill" and self._agent_idempotent:
+            rerun = Decision(Verdict.FULFIL, f"{why}; re-delivering", attempts, record.receipt)
+            written = await self._fulfilment.run(record, rerun, now)
+            return Outcome(record.id, record.task_id, rerun, written)
+        # A non-idempotent agent may have done part of the work: never a second run.
+        reason = f"work not delivered: {why}"
+        decision = Decision(Verdict.ORPHANED, reason, attempts, record.receipt)
+        update = PaymentUpdate(
+            status=PaymentStatus.ORPHANED,
+            attempts=attempts,
+            error=reason,
+            answer={
+                "source": "reconciler",
+                "at": now.isoformat(),
+                "verdict": Verdict.ORPHANED.value,
+                "reason": reason,
+            },
+            verdict_at=now,
+            release_lease=True,
+        )
+        task = await self._task_after(record, PaymentStatus.ORPHANED, decision, reason)
+        if task is not None:
+            task = with_payment_meta(
+                task, PaymentStatus.ORPHANED, receipt=record.receipt, error=reason
+            )
+        judged = record.evolve(
+            status=PaymentStatus.ORPHANED, attempts=attempts, verdict_at=now, updated_at=now
+        )
+        alerts = alert_events(judged, Verdict.ORPHANED.value, reason, record.receipt, attempts)
+        events: list[OutboxEvent] = [*alerts]
+        if task is not None:
+            events.insert(0, task_notice(task))
+        done = await self._storage.transition_payment(
+            record.id,
+            {record.status},
+            update,
+            now=now,
+            lease_owner=self.owner,
+            task=task,
+            events=events,
+        )
+        if done is None:
+            logger.info("verdict for payment {} lost the race; another writer won", record.id)
+            return Outcome(record.id, record.task_id, decision, False)
+        PAYMENTS.labels(PaymentStatus.ORPHANED.value).inc()
+        VERDICTS.labels(Verdict.ORPHANED.value).inc()
+        for alert in alerts:
+            log_alert(alert)
+        if task is not None:
+            self._notify(task)
+        return Outcome(record.id, record.task_id, decision, True)
+
     async def _task_after(
-        self, record: PaymentRecord, status: PaymentStatus, decision: Decision
+        self,
+        record: PaymentRecord,
+        status: PaymentStatus,
+        decision: Decision,
+        why: str = "server stopped during payment settlement",
     ) -> Task | None:
         task = await self._storage.get_task(record.task_id)
         if task is None:
@@ -309,8 +426,8 @@ class Reconciler:
         error = None if status is PaymentStatus.ORPHANED else decision.reason
         task = with_payment_meta(task, status, receipt=decision.receipt, error=error)
         if not task.state.terminal:
-            # The process died before the work was delivered (mid-settle or mid-fulfilment).
-            task = task.with_status(TaskState.FAILED, "server stopped during payment settlement")
+            # The process died before the work was delivered (mid-settle or mid-run).
+            task = task.with_status(TaskState.FAILED, why)
         return task
 
 

@@ -27,7 +27,7 @@ from x402.mechanisms.evm.constants import (
     ERR_VALID_BEFORE_EXPIRED,
 )
 
-from bindu.payments.records import PaymentRecord, Receipt
+from bindu.payments.records import PaymentRecord, PaymentStatus, Receipt
 from bindu.reconcile.evidence import (
     ChainEvidence,
     Corrupt,
@@ -150,10 +150,23 @@ def canceled_by_client(record: PaymentRecord) -> bool:
     return any(a.get("source") == "cancel" for a in record.answers)
 
 
+def settle_in_doubt(record: PaymentRecord) -> bool:
+    """Whether a /settle was sent and never answered (a timeout, a lost connection, a
+    crash mid-settle): it may still land, so no second /settle may be sent for it."""
+    if record.status is PaymentStatus.SETTLING:
+        return True
+    for answer in record.answers:
+        if answer.get("from") == PaymentStatus.SETTLING.value:
+            return True  # the reconciler took it over from a dead worker mid-settle
+        if answer.get("source") in ("settle", "fulfil") and answer.get("answered") is False:
+            return True
+    return False
+
+
 def _collectable(record: PaymentRecord, evidence: Evidence, now: datetime, rules: Rules) -> bool:
     # Settling late is only right for work the client still wants, for an authorization
     # that no broadcast of ours can still be carrying, with time left to settle it.
-    if record.settle_tx or canceled_by_client(record):
+    if record.settle_tx or canceled_by_client(record) or settle_in_doubt(record):
         return False
     if (now - record.created_at).total_seconds() < rules.collect_after_seconds:
         return False

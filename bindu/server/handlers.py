@@ -171,9 +171,8 @@ class Handlers:
             recorded = await self._storage.transition_payment(
                 admission.record.id,
                 {PaymentStatus.CLAIMED},
-                PaymentUpdate(
-                    status=PaymentStatus.VERIFIED, next_check_at=now + self._tm.stale_after
-                ),
+                # Queued: the task queue's until a worker settles it (no reconciler check).
+                PaymentUpdate(status=PaymentStatus.VERIFIED),
                 now=now,
                 task=task,
             )

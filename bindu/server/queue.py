@@ -41,12 +41,11 @@ UNPAID_CRASH_REASON = (
     "interrupted: the server running this task stopped before it finished"
     " (the agent is not declared idempotent, so it is not run again)"
 )
-# Settled with a hash, work not delivered yet (payment-completed before the lifecycle split).
-_SETTLED = frozenset({PaymentStatus.SETTLED, PaymentStatus.COMPLETED})
-# Whether the runner stores payment-settling before it sends /settle, so that a record
-# still payment-verified proves /settle was never sent. Until it does, such a record may
-# have a settle in flight and is left to the reconciler (which judges stale ones).
-_SETTLE_IS_RECORDED = False
+# Settled with a hash, work not delivered yet (payment-completed is final: delivered).
+_SETTLED = frozenset({PaymentStatus.SETTLED})
+# The runner stores payment-settling before it sends /settle, so a record still
+# payment-verified proves /settle was never sent: its task is simply run again.
+_SETTLE_IS_RECORDED = True
 # How long cancelled runs get to write their verdicts at shutdown (seconds).
 CANCEL_WRITE_SECONDS = 10.0
 

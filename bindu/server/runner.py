@@ -1,43 +1,57 @@
-"""Runs one task: settle first (no free work), then the agent.
+"""Runs one task: settle first (no free work), then the agent under its time budget.
 
-Every payment status change is a compare-and-set on the payment record, written in the
-same transaction as the task it describes.
+The worker walks the payment through the lifecycle (bindu.payments.lifecycle):
+payment-verified → payment-settling (the worker holds the record with a lease until its
+settle deadline) → payment-settled (the lease now runs to the agent's budget) →
+payment-completed, written in one transaction with the delivered task. Every step is a
+compare-and-set that loses once a reconciler has taken the record over after a deadline;
+side effects (metrics, notifications, alerts, log lines claiming an outcome) follow only a
+write that won.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
+import socket
+import uuid
 from collections.abc import Callable
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
 
 from loguru import logger
 from x402.schemas import PaymentPayload, PaymentRequirements
 
 from bindu.a2a import Artifact, Message, Task, TaskState, utcnow
-from bindu.agent import Agent, call_agent
+from bindu.agent import Agent, AgentFailed, call_agent
+from bindu.failpoints import failpoint
 from bindu.metrics import AGENT_RUNS, PAYMENTS, TASKS
 from bindu.payments.events import TaskListener, alert_events, log_alert, task_notice
 from bindu.payments.paywall import Paywall
-from bindu.payments.records import (
-    PaymentRecord,
-    PaymentStatus,
-    PaymentUpdate,
-)
-from bindu.payments.settle import SettleKind
+from bindu.payments.records import PaymentRecord, PaymentStatus, PaymentUpdate
+from bindu.payments.settle import SettleKind, SettleOutcome
 from bindu.payments.task_meta import with_payment_meta
 from bindu.storage.base import Storage
 
+S = PaymentStatus
 
-class AgentFailed(Exception):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+# What the reconciler is told when a paid run ends without delivering its work.
+NOT_DELIVERED = "work not delivered"
 
 
-async def deliver(agent: Agent, task: Task, *, paid: bool) -> Task:
-    """Run the agent on the task's history; the task completed with the agent's artifacts."""
+async def deliver(agent: Agent, task: Task, *, paid: bool, budget: float | None = None) -> Task:
+    """Run the agent on the task's history within ``budget`` seconds; the task completed
+    with the agent's artifacts. Raises AgentFailed (the agent raised, or overran)."""
     label = "true" if paid else "false"
     try:
-        parts = await call_agent(agent, task.history)
+        async with asyncio.timeout(budget):
+            parts = await call_agent(agent, task.history)
+    except TimeoutError as exc:
+        AGENT_RUNS.labels("timeout", label).inc()
+        reason = f"agent exceeded its time budget of {budget:g}s"
+        logger.warning("agent timed out on task {}: {}", task.id, reason)
+        raise AgentFailed(reason) from exc
     except Exception as exc:
         AGENT_RUNS.labels("error", label).inc()
         reason = f"agent failed: {type(exc).__name__}: {exc}"[:500]
@@ -57,23 +71,48 @@ def _ignore(task: Task) -> None:
     return None
 
 
+def settle_answer(outcome: SettleOutcome, at: datetime, **extra: Any) -> dict[str, Any]:
+    """A settle answer as kept on the record: the facilitator's words under their own key,
+    so they can never overwrite our markers (source, at, ...)."""
+    return {
+        "source": "settle",
+        "at": at.isoformat(),
+        "kind": outcome.kind.value,
+        "answered": outcome.answered,
+        **extra,
+        "response": outcome.answer,
+    }
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    """How long the worker holds a payment at each step before the reconciler may take it."""
+
+    settle: timedelta  # settle timeout + late-answer window + margin
+    agent: timedelta  # agent budget + margin
+    agent_budget: float  # seconds
+
+
 class TaskRunner:
     def __init__(
         self,
         storage: Storage,
         agent: Agent,
         paywall: Paywall | None,
-        stale_after: timedelta,
+        deadlines: Deadlines,
         notify: TaskListener = _ignore,
         on_unsettled: Callable[[], None] = lambda: None,
+        owner: str | None = None,
     ) -> None:
         self._storage = storage
         self._agent = agent
         self._paywall = paywall
         self._notify = notify
         self._on_unsettled = on_unsettled  # wakes the reconciler
-        # A payment-verified record untouched this long is presumed abandoned (crash).
-        self._stale_after = stale_after
+        self._deadlines = deadlines
+        # The lease holder's name on records this process is settling or working on.
+        self.owner = owner or f"worker:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._listening: set[asyncio.Task[None]] = set()  # late settle answers
 
     async def run(self, task: Task) -> None:
         """Run a task the queue has leased and stored as ``working``."""
@@ -83,126 +122,249 @@ class TaskRunner:
             if settled is None:
                 return
             task, payment = settled
+            await failpoint("after-settled")
         await self._execute(task, payment)
+
+    # Settle
 
     async def _settle(self, task: Task, record: PaymentRecord) -> tuple[Task, PaymentRecord] | None:
         if self._paywall is None or record.payload is None or record.requirements is None:
-            await self._fail_unsettled(task, record, "payments are not configured on this server")
+            await self._fail_unsettled(
+                task, record, {S.VERIFIED}, "payments are not configured on this server"
+            )
             return None
         payload = PaymentPayload.model_validate(record.payload)
         requirements = PaymentRequirements.model_validate(record.requirements)
-        # Restart the staleness clock now (the task may have waited in the queue), and make
-        # sure nobody has judged this payment in the meantime.
-        started = await self._storage.transition_payment(
+        now = utcnow()
+        deadline = now + self._deadlines.settle
+        # Ours until the deadline (the lease): a reconciler may take it only after that,
+        # and then our later writes lose.
+        settling = await self._storage.transition_payment(
             record.id,
-            {PaymentStatus.VERIFIED},
-            PaymentUpdate(next_check_at=utcnow() + self._stale_after),
-            now=utcnow(),
+            {S.VERIFIED},
+            PaymentUpdate(
+                status=S.SETTLING,
+                next_check_at=deadline,
+                lease_to=self.owner,
+                lease_until=deadline,
+            ),
+            now=now,
+            task=with_payment_meta(task, S.SETTLING),
         )
-        if started is None:
-            # The reconciler judged this payment (we looked dead): it owns the task now.
+        if settling is None:
             logger.error("payment {} changed before settlement; not settling", record.id)
             return None
-        outcome = await self._paywall.settle(payload, requirements)
+        outcome, late = await self._paywall.settle(payload, requirements)
+        await failpoint("after-settle-sent")
+        if late is not None:
+            self._listen_late(record, late)
         now = utcnow()
         if outcome.kind is SettleKind.SETTLED:
-            receipt = record.receipt_for(outcome.transaction or "")
-            task = with_payment_meta(task, PaymentStatus.COMPLETED, receipt=receipt)
-            done = await self._storage.transition_payment(
-                record.id,
-                {PaymentStatus.VERIFIED},
-                PaymentUpdate(
-                    status=PaymentStatus.COMPLETED,
-                    settle_tx=outcome.transaction,
-                    receipt=receipt,
-                    answer={"source": "settle", "at": now.isoformat(), **outcome.answer},
-                    verdict_at=now,
-                ),
-                now=now,
-                task=task,
-                events=[task_notice(task)],
-            )
-            if done is None:
-                # A reconciler judged us dead meanwhile: it owns the payment and the task.
-                logger.error("payment {} changed under the worker; not running", record.id)
-                return None
-            PAYMENTS.labels(PaymentStatus.COMPLETED.value).inc()
-            self._notify(task)
-            logger.info("payment settled: task={} tx={}", task.id, outcome.transaction)
-            return task, done
+            return await self._settled(task, settling, outcome, now)
         reason = outcome.reason or "settle failed"
-        await self._fail_unsettled(task, record, reason, outcome.transaction, outcome.answer)
+        await self._fail_unsettled(task, settling, {S.SETTLING}, reason, outcome, now)
         return None
+
+    async def _settled(
+        self, task: Task, record: PaymentRecord, outcome: SettleOutcome, now: datetime
+    ) -> tuple[Task, PaymentRecord] | None:
+        receipt = record.receipt_for(outcome.transaction or "")
+        task = with_payment_meta(task, S.SETTLED, receipt=receipt)
+        deadline = now + self._deadlines.agent
+        answer = settle_answer(outcome, now)
+        done = await self._storage.transition_payment(
+            record.id,
+            {S.SETTLING},
+            PaymentUpdate(
+                status=S.SETTLED,
+                settle_tx=outcome.transaction,
+                receipt=receipt,
+                answer=answer,
+                next_check_at=deadline,
+                lease_to=self.owner,
+                lease_until=deadline,
+            ),
+            now=now,
+            lease_owner=self.owner,  # loses if a reconciler took the record over
+            task=task,
+            events=[task_notice(task)],
+        )
+        if done is None:
+            # Judged by a reconciler meanwhile: it owns payment and task. Our answer is
+            # still the best evidence there is; keep it for its verdict.
+            await self._keep_evidence(record, answer, outcome.transaction)
+            logger.error("payment {} was taken over while settling; not running", record.id)
+            return None
+        PAYMENTS.labels(S.SETTLED.value).inc()
+        self._notify(task)
+        logger.info("payment settled: task={} tx={}", task.id, outcome.transaction)
+        return task, done
 
     async def _fail_unsettled(
         self,
         task: Task,
         record: PaymentRecord,
+        expected: set[PaymentStatus],
         reason: str,
-        tx: str | None = None,
-        answer: dict[str, object] | None = None,
+        outcome: SettleOutcome | None = None,
+        now: datetime | None = None,
     ) -> None:
-        now = utcnow()
-        task = with_payment_meta(task, PaymentStatus.FAILED, error=reason)
+        now = now or utcnow()
+        task = with_payment_meta(task, S.FAILED, error=reason)
         task = task.with_status(TaskState.FAILED, f"payment settlement failed: {reason}")
-        await self._storage.transition_payment(
+        if outcome is None:
+            answer: dict[str, Any] = {"source": "settle", "at": now.isoformat(), "sent": False}
+        else:
+            answer = settle_answer(outcome, now)
+        written = await self._storage.transition_payment(
             record.id,
-            {PaymentStatus.VERIFIED},
+            expected,
             PaymentUpdate(
-                status=PaymentStatus.FAILED,
-                settle_tx=tx,
+                status=S.FAILED,
+                settle_tx=outcome.transaction if outcome else None,
                 error=reason,
-                answer={"source": "settle", "at": now.isoformat(), **(answer or {})},
+                answer=answer,
                 next_check_at=now,  # the reconciler's next pass takes it
+                release_lease=True,
             ),
             now=now,
+            lease_owner=self.owner if S.SETTLING in expected else None,
             task=task,
             events=[task_notice(task)],
         )
-        PAYMENTS.labels(PaymentStatus.FAILED.value).inc()
+        if written is None:
+            logger.error("payment {} was taken over while settling", record.id)
+            return
+        PAYMENTS.labels(S.FAILED.value).inc()
         TASKS.labels(TaskState.FAILED.value).inc()
         self._notify(task)
         self._on_unsettled()
+        tx = outcome.transaction if outcome else None
         logger.warning("payment settle failed: task={} reason={} tx={}", task.id, reason, tx)
 
-    async def _execute(self, task: Task, payment: PaymentRecord | None) -> None:
-        try:
-            done = await deliver(self._agent, task, paid=payment is not None)
-        except AgentFailed as failure:
-            failed = task.with_status(TaskState.FAILED, failure.reason)
-            if payment is not None:
-                await self._orphan_after_agent_failure(failed, payment, failure.reason)
-            else:
-                await self._storage.save_task(failed, events=[task_notice(failed)])
-                self._notify(failed)
-            TASKS.labels(TaskState.FAILED.value).inc()
-            return
-        await self._storage.save_task(done, events=[task_notice(done)])
-        self._notify(done)
-        TASKS.labels(TaskState.COMPLETED.value).inc()
+    def _listen_late(self, record: PaymentRecord, late: asyncio.Task[SettleOutcome | None]) -> None:
+        listener = asyncio.create_task(self._late_answer(record, late), name="settle:late")
+        self._listening.add(listener)
+        listener.add_done_callback(self._listening.discard)
 
-    async def _orphan_after_agent_failure(
-        self, task: Task, payment: PaymentRecord, reason: str
+    async def _late_answer(
+        self, record: PaymentRecord, late: asyncio.Task[SettleOutcome | None]
     ) -> None:
+        """The settle answer that came after the deadline: evidence for the reconciler."""
+        outcome = await late
+        if outcome is None:
+            return
+        now = utcnow()
+        logger.info(
+            "late settle answer for payment {}: {} tx={}",
+            record.id,
+            outcome.kind,
+            outcome.transaction,
+        )
+        await self._keep_evidence(
+            record, settle_answer(outcome, now, late=True), outcome.transaction
+        )
+        self._on_unsettled()
+
+    async def _keep_evidence(
+        self, record: PaymentRecord, answer: dict[str, Any], tx: str | None
+    ) -> None:
+        current = await self._storage.get_payment(record.id)
+        if current is None or current.status not in _EVIDENCE_STATUSES:
+            logger.warning(
+                "settle answer for payment {} arrived after its verdict ({}): tx={} answer={}",
+                record.id,
+                current.status if current else "gone",
+                tx,
+                answer.get("response"),
+            )
+            return
+        await self._storage.transition_payment(
+            record.id,
+            {current.status},
+            PaymentUpdate(answer=answer, settle_tx=tx),
+            now=utcnow(),
+        )
+
+    # The agent
+
+    async def _execute(self, task: Task, payment: PaymentRecord | None) -> None:
+        budget = self._deadlines.agent_budget
+        try:
+            done = await deliver(self._agent, task, paid=payment is not None, budget=budget)
+        except AgentFailed as failure:
+            await self._failed_run(task, payment, failure.reason)
+            return
+        except asyncio.CancelledError:
+            # Shutdown (or a cancel) mid-run: paid work that will not be delivered is an
+            # orphan now, not a `working` task beside a completed payment.
+            await asyncio.shield(self._failed_run(task, payment, "agent run interrupted"))
+            raise
+        await failpoint("after-agent")
+        if payment is None:
+            await self._storage.save_task(done, events=[task_notice(done)])
+            self._notify(done)
+            TASKS.labels(TaskState.COMPLETED.value).inc()
+            return
+        now = utcnow()
+        done = with_payment_meta(done, S.COMPLETED, receipt=payment.receipt)
+        written = await self._storage.transition_payment(
+            payment.id,
+            {S.SETTLED},
+            PaymentUpdate(status=S.COMPLETED, verdict_at=now, release_lease=True),
+            now=now,
+            lease_owner=self.owner,
+            task=done,
+            events=[task_notice(done)],
+        )
+        if written is None:
+            logger.error(
+                "payment {}: the work finished after the reconciler took it over; not delivered",
+                payment.id,
+            )
+            return
+        PAYMENTS.labels(S.COMPLETED.value).inc()
+        TASKS.labels(TaskState.COMPLETED.value).inc()
+        self._notify(done)
+
+    async def _failed_run(self, task: Task, payment: PaymentRecord | None, why: str) -> None:
+        failed = task.with_status(TaskState.FAILED, why)
+        if payment is None:
+            await self._storage.save_task(failed, events=[task_notice(failed)])
+            TASKS.labels(TaskState.FAILED.value).inc()
+            self._notify(failed)
+            return
         # Money moved (settle succeeded) but no work was delivered: an orphan, known at once.
         now = utcnow()
-        task = with_payment_meta(
-            task, PaymentStatus.ORPHANED, receipt=payment.receipt, error=reason
-        )
-        orphaned = payment.evolve(status=PaymentStatus.ORPHANED, verdict_at=now, updated_at=now)
+        reason = f"{NOT_DELIVERED}: {why}"
+        failed = with_payment_meta(failed, S.ORPHANED, receipt=payment.receipt, error=reason)
+        orphaned = payment.evolve(status=S.ORPHANED, verdict_at=now, updated_at=now)
         alerts = alert_events(orphaned, "orphaned", reason, payment.receipt)
         written = await self._storage.transition_payment(
             payment.id,
-            {PaymentStatus.COMPLETED},
-            PaymentUpdate(status=PaymentStatus.ORPHANED, error=reason, verdict_at=now),
+            {S.SETTLED},
+            PaymentUpdate(status=S.ORPHANED, error=reason, verdict_at=now, release_lease=True),
             now=now,
-            task=task,
-            events=[task_notice(task), *alerts],
+            lease_owner=self.owner,
+            task=failed,
+            events=[task_notice(failed), *alerts],
         )
         if written is None:
-            logger.error("payment {} changed under the worker; its verdict stands", payment.id)
+            logger.error("payment {} was taken over while its agent ran", payment.id)
             return
-        PAYMENTS.labels(PaymentStatus.ORPHANED.value).inc()
-        self._notify(task)
+        PAYMENTS.labels(S.ORPHANED.value).inc()
+        TASKS.labels(TaskState.FAILED.value).inc()
+        self._notify(failed)
         for alert in alerts:
             log_alert(alert)
+
+    async def aclose(self) -> None:
+        """Stop listening for late settle answers (shutdown)."""
+        for listener in list(self._listening):
+            listener.cancel()
+        if self._listening:
+            await asyncio.wait(list(self._listening))
+
+
+# Where a settle answer that arrived late (or lost its race) is still worth keeping.
+_EVIDENCE_STATUSES = frozenset({S.SETTLING, S.FAILED, S.FULFILLING, S.SETTLED})

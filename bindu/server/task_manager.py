@@ -18,7 +18,7 @@ from bindu.payments.paywall import Paywall
 from bindu.reconcile.service import Reconciler, default_owner
 from bindu.server.outbox import OutboxService
 from bindu.server.queue import TaskQueue
-from bindu.server.runner import TaskRunner, deliver
+from bindu.server.runner import Deadlines, TaskRunner, deliver
 from bindu.server.services import Service, Supervisor
 from bindu.settings import Settings
 from bindu.signing import PushSigner
@@ -73,12 +73,19 @@ class TaskManager:
         # Set once shutdown begins (SIGTERM or the lifespan's end): no new work after it.
         self._shutdown_deadline: float | None = None
         self._stopped = asyncio.Event()  # blocking waits return at once after this
+        self._runner: TaskRunner | None = None
 
     @property
-    def stale_after(self) -> timedelta:
-        x402 = self.settings.x402
-        return timedelta(
-            seconds=x402.settle_timeout_seconds + x402.reconciliation.stale_margin_seconds
+    def deadlines(self) -> Deadlines:
+        """How long a worker holds a payment at each step before the reconciler may take
+        it over (bindu.payments.lifecycle: every state has an owner and a deadline)."""
+        x402, server = self.settings.x402, self.settings.server
+        margin = x402.reconciliation.stale_margin_seconds
+        settle = x402.settle_timeout_seconds + x402.late_answer_seconds + margin
+        return Deadlines(
+            settle=timedelta(seconds=settle),
+            agent=timedelta(seconds=server.agent_timeout_seconds + margin),
+            agent_budget=server.agent_timeout_seconds,
         )
 
     async def __aenter__(self) -> TaskManager:
@@ -98,22 +105,24 @@ class TaskManager:
                     owner=self.owner,
                     fulfil=self.fulfil,
                     notify=self._task_changed,
+                    agent_idempotent=self.settings.server.agent_idempotent,
                 )
         runner = TaskRunner(
             self.storage,
             self.agent,
             self.paywall,
-            self.stale_after,
+            self.deadlines,
             notify=self._task_changed,
             on_unsettled=self.reconciler.wake if self.reconciler else lambda: None,
         )
+        self._runner = runner
         self.queue = TaskQueue(
             self.storage,
             self.settings.server,
             runner.run,
             owner=self.owner,
             notify=self._task_changed,
-            idempotent=getattr(self.settings.server, "agent_idempotent", False),
+            idempotent=self.settings.server.agent_idempotent,
         )
         self.queue.start()
         for service in self._services():
@@ -147,6 +156,8 @@ class TaskManager:
             await self.queue.cancel_all()  # each run still in flight records how it ended
         self._stopped.set()
         await self.supervisor.stop()
+        if self._runner is not None:
+            await self._runner.aclose()  # stop listening for late settle answers
         if self.reconciler is not None:
             await self.reconciler.close()
         if self.paywall is not None:
@@ -196,7 +207,9 @@ class TaskManager:
 
     async def fulfil(self, task: Task) -> Task:
         """Run the agent for a paid task whose work was never delivered (fulfill policy)."""
-        return await deliver(self.agent, task, paid=True)
+        return await deliver(
+            self.agent, task, paid=True, budget=self.settings.server.agent_timeout_seconds
+        )
 
     @property
     def resource_url(self) -> str:

@@ -35,6 +35,8 @@ async def test_sigkill_during_settle_then_restart(devnet: Devnet, faults_reset, 
     async with storage_env(kind, tmp_path) as store:
         env = devnet.server_env(
             X402__SETTLE_TIMEOUT_SECONDS="8",
+            # The worker holds its settle until timeout + late-answer window + margin.
+            X402__LATE_ANSWER_SECONDS="2",
             X402__RECONCILIATION__INTERVAL_SECONDS="1",
             X402__RECONCILIATION__STALE_MARGIN_SECONDS="1",
             **store,

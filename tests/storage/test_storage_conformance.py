@@ -390,9 +390,7 @@ async def test_transition_loses_on_unexpected_status(storage: Storage) -> None:
     await storage.claim_payment(make_record("p1", status=S.VERIFIED))
     before = await storage.get_payment("p1")
     update = PaymentUpdate(status=S.ORPHANED, error="x")
-    assert (
-        await storage.transition_payment("p1", [S.SETTLED, S.FAILED], update, now=at(1)) is None
-    )
+    assert await storage.transition_payment("p1", [S.SETTLED, S.FAILED], update, now=at(1)) is None
     assert await storage.transition_payment("p1", [], update, now=at(1)) is None
     assert await storage.transition_payment("nope", [S.FAILED], update, now=at(1)) is None
     assert await storage.get_payment("p1") == before

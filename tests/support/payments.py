@@ -66,14 +66,71 @@ async def store_failed_payment(
     earlier = now - timedelta(seconds=1)
     record = new_record(payload, requirements, task.id, earlier)
     assert await storage.claim_payment(record)
+    await walk(storage, record.id, [PaymentStatus.VERIFIED, PaymentStatus.SETTLING], earlier)
     stored = await storage.transition_payment(
         record.id,
-        {PaymentStatus.CLAIMED},
+        {PaymentStatus.SETTLING},
         PaymentUpdate(
             status=PaymentStatus.FAILED,
             error="settle_timeout",
             settle_tx=settle_tx,
             next_check_at=earlier,
+            answer={"source": "settle", "at": earlier.isoformat(), "answered": True},
+        ),
+        now=earlier,
+        task=task,
+    )
+    assert stored is not None
+    return stored
+
+
+async def walk(
+    storage: Storage, payment_id: str, statuses: list[PaymentStatus], now: datetime
+) -> PaymentRecord:
+    """Move a record along the lifecycle's edges, one legal step at a time."""
+    current = await storage.get_payment(payment_id)
+    assert current is not None
+    for status in statuses:
+        moved = await storage.transition_payment(
+            payment_id, {current.status}, PaymentUpdate(status=status), now=now
+        )
+        assert moved is not None, (current.status, status)
+        current = moved
+    return current
+
+
+async def store_settled_payment(
+    storage: Storage,
+    payload: PaymentPayload,
+    requirements: PaymentRequirements,
+    settle_tx: str,
+    *,
+    now: datetime | None = None,
+    text: str = "paid work",
+) -> PaymentRecord:
+    """What a worker leaves behind when its process dies after a successful settle, while
+    the agent runs: task working, payment-settled with its receipt, due now."""
+    now = now or utcnow()
+    task = Task(
+        status=TaskStatus(state=TaskState.WORKING),
+        history=[Message(role="user", parts=[TextPart(text=text)])],
+        metadata={META_STATUS: PaymentStatus.COMPLETED.value},
+    )
+    earlier = now - timedelta(seconds=1)
+    record = new_record(payload, requirements, task.id, earlier)
+    assert await storage.claim_payment(record)
+    await walk(storage, record.id, [PaymentStatus.VERIFIED, PaymentStatus.SETTLING], earlier)
+    stored = await storage.transition_payment(
+        record.id,
+        {PaymentStatus.SETTLING},
+        PaymentUpdate(
+            status=PaymentStatus.SETTLED,
+            settle_tx=settle_tx,
+            receipt=record.receipt_for(settle_tx),
+            next_check_at=earlier,
+            lease_to="worker:dead",
+            lease_until=earlier,
+            answer={"source": "settle", "at": earlier.isoformat(), "answered": True},
         ),
         now=earlier,
         task=task,

@@ -12,7 +12,7 @@ from bindu.payments.lifecycle import (
     public_name,
     refused,
 )
-from bindu.payments.records import FINAL_STATUSES, META_STATUS, PaymentStatus
+from bindu.payments.records import FINAL_STATUSES, META_STATUS, OPEN_STATUSES, PaymentStatus
 from bindu.payments.task_meta import with_payment_meta
 
 S = PaymentStatus
@@ -138,3 +138,13 @@ def test_task_metadata_shows_the_public_name() -> None:
     assert with_payment_meta(task, S.SETTLED).metadata[META_STATUS] == "payment-completed"
     assert with_payment_meta(task, S.SETTLING).metadata[META_STATUS] == "payment-verified"
     assert with_payment_meta(task, S.ORPHANED).metadata[META_STATUS] == "payment-orphaned"
+
+
+def test_the_reconciler_takes_only_statuses_handed_over_at_a_deadline() -> None:
+    # A queued payment (the queue's, no deadline) and a claim are never its candidates.
+    assert S.VERIFIED not in OPEN_STATUSES
+    assert S.CLAIMED not in OPEN_STATUSES
+    assert {S.SETTLING, S.SETTLED, S.FAILED, S.FULFILLING} == OPEN_STATUSES
+    for status in OPEN_STATUSES:
+        assert OWNERS[status].owner in (Owner.WORKER, Owner.RECONCILER), status
+        assert status not in FINAL_STATUSES
