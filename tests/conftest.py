@@ -35,7 +35,9 @@ async def _assert_no_unpaid_work(devnet: Devnet) -> None:
             "topics": [TRANSFER_TOPIC, None, address_topic(devnet.info.pay_to)],
         },
     )
-    paid_runs = sum(AGENT_RUNS.labels(outcome, "true")._value.get() for outcome in ("ok", "error", "timeout"))
+    paid_runs = sum(
+        AGENT_RUNS.labels(outcome, "true")._value.get() for outcome in ("ok", "error", "timeout")
+    )
     assert paid_runs <= len(transfers), f"{paid_runs} paid agent runs, {len(transfers)} settled"
 
 

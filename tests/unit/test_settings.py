@@ -18,6 +18,9 @@ ADDR = "0x" + "ab" * 20
         ({"X402__PAY_TO": ADDR, "X402__FACILITATOR_URL": "http://f"}, "X402__ASSET"),
         ({"X402__NETWORK": "base"}, "X402__NETWORK"),
         ({"X402__AMOUNT": "-3"}, "X402__AMOUNT"),
+        ({"SERVER__AGENT_TIMEOUT_SECONDS": "0"}, "SERVER__AGENT_TIMEOUT_SECONDS"),
+        ({"SERVER__AGENT_IDEMPOTENT": "maybe"}, "SERVER__AGENT_IDEMPOTENT"),
+        ({"X402__LATE_ANSWER_SECONDS": "-1"}, "X402__LATE_ANSWER_SECONDS"),
         ({"X402__RPC_URLS": "{nope"}, "X402__RPC_URLS"),
         ({"X402__RPC_URLS": '{"eip155:1": "ftp://x"}'}, "X402__RPC_URLS"),
         (
