@@ -156,13 +156,21 @@ class TaskRunner:
             return None
         outcome, late = await self._paywall.settle(payload, requirements)
         await failpoint("after-settle-sent")
-        if late is not None:
-            self._listen_late(record, late)
         now = utcnow()
+        check_at = now
+        if late is not None:
+            if not self._paywall.settings.rpc_urls.get(record.network):
+                # Facilitator-only, the late answer is the only proof there may ever be:
+                # the reconciler waits for it (it is woken early when the answer comes).
+                check_at = now + timedelta(seconds=self._paywall.settings.late_answer_seconds)
         if outcome.kind is SettleKind.SETTLED:
             return await self._settled(task, settling, outcome, now)
         reason = outcome.reason or "settle failed"
-        await self._fail_unsettled(task, settling, {S.SETTLING}, reason, outcome, now)
+        await self._fail_unsettled(
+            task, settling, {S.SETTLING}, reason, outcome, now, check_at=check_at
+        )
+        if late is not None:
+            self._listen_late(record, late)  # after the write, so the answer lands on it
         return None
 
     async def _settled(
@@ -208,6 +216,7 @@ class TaskRunner:
         reason: str,
         outcome: SettleOutcome | None = None,
         now: datetime | None = None,
+        check_at: datetime | None = None,
     ) -> None:
         now = now or utcnow()
         task = with_payment_meta(task, S.FAILED, error=reason)
@@ -224,7 +233,7 @@ class TaskRunner:
                 settle_tx=outcome.transaction if outcome else None,
                 error=reason,
                 answer=answer,
-                next_check_at=now,  # the reconciler's next pass takes it
+                next_check_at=check_at or now,  # the reconciler's from then on
                 release_lease=True,
             ),
             now=now,
@@ -279,11 +288,17 @@ class TaskRunner:
                 answer.get("response"),
             )
             return
+        now = utcnow()
         await self._storage.transition_payment(
             record.id,
             {current.status},
-            PaymentUpdate(answer=answer, settle_tx=tx),
-            now=utcnow(),
+            # A failed record waiting for this answer is due now: judge it with it.
+            PaymentUpdate(
+                answer=answer,
+                settle_tx=tx,
+                next_check_at=now if current.status is S.FAILED else None,
+            ),
+            now=now,
         )
 
     # The agent

@@ -250,3 +250,43 @@ async def test_fulfill_reruns_an_idempotent_agent_exactly_once(devnet: Devnet) -
     assert task is not None and task.state is TaskState.COMPLETED
     assert task.metadata[META_RECOVERED] is True
     assert runs == [record.task_id]
+
+
+# The late answer (DESIGN §7)
+
+
+async def test_a_late_settle_answer_is_kept_and_proves_the_orphan_without_rpc(
+    devnet: Devnet, faults_reset, tmp_path
+) -> None:
+    payer = await devnet.new_payer(10 * AMOUNT)
+    storage = MemoryStorage()
+    env = devnet.server_env(
+        X402__RPC_URLS=None,  # facilitator-only: the late answer is the only proof
+        X402__SETTLE_TIMEOUT_SECONDS="1",
+        X402__LATE_ANSWER_SECONDS="20",
+        X402__RECONCILIATION__INTERVAL_SECONDS="0.5",
+    )
+    async with (
+        inprocess_server(settings_from_env(env), agents.counting, storage=storage) as url,
+        PayingClient(url, payer) as client,
+    ):
+        faults_reset.update({"settle_delay_seconds": 3})
+        task = (await client.send_text("late")).response.json()["result"]
+        assert task["metadata"]["x402.payment.status"] == "payment-failed"
+        faults_reset.reset()
+
+        async def verdict() -> dict | None:
+            got = (await client.rpc("tasks/get", {"id": task["id"]})).json()["result"]
+            return got if got["metadata"]["x402.payment.status"] == "payment-orphaned" else None
+
+        done = await until(verdict, timeout=30, what="the orphan proven by the late answer")
+    [log] = await devnet.transfer_logs(payer.address, devnet.info.pay_to)
+    assert done["metadata"]["x402.payment.receipts"][0]["transaction"] == log["transaction_hash"]
+    record = await storage.get_payment_for_task(task["id"])
+    assert record is not None and record.status is S.ORPHANED
+    [late] = [a for a in record.answers if a.get("late")]
+    assert late["source"] == "settle" and late["response"]["success"] is True
+    assert late["response"]["transaction"] == log["transaction_hash"]
+    # Internal markers stay ours: the facilitator's words sit under their own key.
+    timed_out = [a for a in record.answers if a.get("source") == "settle" and not a.get("late")]
+    assert timed_out and timed_out[0]["answered"] is False
