@@ -158,11 +158,10 @@ class TaskRunner:
         await failpoint("after-settle-sent")
         now = utcnow()
         check_at = now
-        if late is not None:
-            if not self._paywall.settings.rpc_urls.get(record.network):
-                # Facilitator-only, the late answer is the only proof there may ever be:
-                # the reconciler waits for it (it is woken early when the answer comes).
-                check_at = now + timedelta(seconds=self._paywall.settings.late_answer_seconds)
+        if late is not None and not self._paywall.settings.rpc_urls.get(record.network):
+            # Facilitator-only, the late answer is the only proof there may ever be: the
+            # reconciler waits for it (and is woken early when the answer comes).
+            check_at = now + timedelta(seconds=self._paywall.settings.late_answer_seconds)
         if outcome.kind is SettleKind.SETTLED:
             return await self._settled(task, settling, outcome, now)
         reason = outcome.reason or "settle failed"
