@@ -355,6 +355,11 @@ def test_fulfill_collects_an_old_unused_valid_authorization():
         {"settle_tx": TX},  # a known hash may still land: never broadcast twice
         {"answers": [{"source": "cancel"}]},  # the client no longer wants the work
         {"valid_before": T + 20},  # too little time left to settle safely
+        # A /settle in doubt may still land: never a second one (issue 9, must hold 4).
+        {"status": PaymentStatus.SETTLING},  # its worker died mid-settle
+        {"answers": [{"source": "settle", "answered": False}]},  # timed out, no answer
+        {"answers": [{"source": "fulfil", "phase": "settle", "answered": False}]},
+        {"answers": [{"source": "reconciler", "from": "payment-settling"}]},  # taken over
     ],
 )
 def test_fulfill_does_not_collect_when_unsafe(changes):
@@ -552,3 +557,13 @@ def test_a_proof_already_here_never_waits():
     r = record(answers=[settled(), unanswered()])
     d = decide(r, VerifyEvidence(False, NONCE_USED), NOW, LATE)
     assert d.verdict is Verdict.ORPHANED
+
+
+def test_fulfill_collects_after_a_settle_refused_with_an_answer():
+    # The facilitator answered (HTTP 500 before broadcasting): nothing is in flight.
+    refused = record(
+        created_at=NOW - timedelta(minutes=5),
+        answers=[{"source": "settle", "answered": True, "response": {"error": "boom"}}],
+    )
+    d = decide(refused, chain(used=False, latest_time=T), NOW, FULFILL)
+    assert d.verdict is Verdict.COLLECT
