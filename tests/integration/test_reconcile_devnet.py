@@ -105,7 +105,8 @@ async def test_facilitator_only_lost_answer_is_unresolved_never_guessed(
     faults_reset.update({"settle_delay_seconds": 4})
     verifies_before = devnet.stats.verify
     async with (
-        paid_server(devnet, tmp_path, X402__RPC_URLS="{}") as url,
+        # No late-answer window either: the answer is lost for good.
+        paid_server(devnet, tmp_path, X402__RPC_URLS="{}", X402__LATE_ANSWER_SECONDS="0") as url,
         PayingClient(url, payer) as client,
     ):
         reply = await client.send_text("no rpc")
