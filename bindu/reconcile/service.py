@@ -104,6 +104,7 @@ class Reconciler:
             max_attempts=self._config.max_attempts,
             policy=policy,
             collect_after_seconds=self._config.collect_after_seconds,
+            late_answer_seconds=settings.late_answer_seconds,
         )
         self._semaphore = asyncio.Semaphore(self._config.concurrency)
         self._woken = asyncio.Event()
