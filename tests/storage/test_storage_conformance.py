@@ -190,7 +190,7 @@ async def test_transition_inserts_the_owner_and_keeps_it_on_overwrite(storage: S
     )
     other = make_task("t1", state=TaskState.WORKING).model_copy(update={"owner": "key:bob"})
     assert await storage.transition_payment(
-        "p1", [S.SETTLING], PaymentUpdate(status=S.COMPLETED), now=at(2), task=other
+        "p1", [S.SETTLING], PaymentUpdate(status=S.SETTLED), now=at(2), task=other
     )
     got = await storage.get_task("t1")
     assert got is not None and got.owner == "wallet:0xabc" and got.state is TaskState.WORKING
@@ -787,7 +787,10 @@ async def test_the_refund_ledger_is_per_network(storage: Storage) -> None:
 
 async def test_a_lost_compare_and_set_books_no_refund(storage: Storage) -> None:
     await _orphans(storage, "p1", "p2")
-    lost = await storage.transition_payment("p1", [S.FAILED], _refunding(), now=at(1))
+    # Lost on the lease (refunded is reachable from orphaned only, so not on the status).
+    lost = await storage.transition_payment(
+        "p1", [S.ORPHANED], _refunding(), now=at(1), lease_owner="someone-else"
+    )
     assert lost is None
     assert await storage.transition_payment("p2", [S.ORPHANED], _refunding(), now=at(2))
 

@@ -271,8 +271,10 @@ async def _insert_v1_payment(backend: Backend, record: PaymentRecord) -> None:
     await _insert_v1(backend, "payments", params)
 
 
-async def _insert_v1_task(backend: Backend, task_id: str) -> None:
-    task = make_task(task_id, state=TaskState.FAILED)
+async def _insert_v1_task(
+    backend: Backend, task_id: str, state: TaskState = TaskState.FAILED
+) -> None:
+    task = make_task(task_id, state=state)
     encode = sqlite_backend.encode_json if backend.name == "sqlite" else Jsonb
     now: Any = sqlite_backend.encode_time(at(0)) if backend.name == "sqlite" else at(0)
     await _insert_v1(
@@ -367,12 +369,14 @@ async def test_upgrade_from_version_2_gives_settles_in_flight_to_the_reconciler(
     queries = load_queries(_dialect(sql_backend))
     old._q = dataclasses.replace(queries, migrations=queries.migrations[:2])  # type: ignore[attr-defined]
     await old.open()
+    await old.close()
+    # Rows as version 2 wrote them (raw: today's statements know later columns).
     for task_id, state in [
         ("queued", TaskState.SUBMITTED),
         ("running", TaskState.WORKING),
         ("gave-up", TaskState.FAILED),
     ]:
-        await old.create_task(make_task(task_id, state=state))
+        await _insert_v1_task(sql_backend, task_id, state)
     rows = [
         make_record("queued", status=S.VERIFIED, task_id="queued", next_check_at=at(50)),
         make_record("running", status=S.VERIFIED, task_id="running", next_check_at=at(50)),
@@ -382,8 +386,7 @@ async def test_upgrade_from_version_2_gives_settles_in_flight_to_the_reconciler(
         make_record("done", status=S.COMPLETED),
     ]
     for record in rows:
-        assert await old.claim_payment(record)
-    await old.close()
+        await _insert_v1_payment(sql_backend, record)
     assert await _versions(sql_backend) == [1, 2]
 
     storage = await sql_backend.handle()

@@ -421,8 +421,9 @@ async def test_settle_sends_the_payment_and_reads_the_answer(paywall):
     settle = mock.post(f"{FACILITATOR}/settle")
     settle.respond(200, json={"success": True, "transaction": TX, "network": NETWORK})
     paid = payment(wall)
-    out = await wall.settle(paid, wall.requirements[0])
+    out, late = await wall.settle(paid, wall.requirements[0])
     assert (out.kind, out.transaction) == (SettleKind.SETTLED, TX)
+    assert late is None  # answered in time: nothing to listen for
     sent = json.loads(settle.calls.last.request.content)
     assert sent["paymentPayload"]["payload"] == paid.payload
     assert sent["paymentRequirements"]["payTo"] == PAY_TO
@@ -438,5 +439,9 @@ async def test_settle_gives_up_at_the_settle_deadline(paywall):
 
     mock.post(f"{FACILITATOR}/settle").side_effect = silent
     async with asyncio.timeout(10):  # a settle deadline that no longer holds fails, not hangs
-        out = await wall.settle(payment(wall), wall.requirements[0])
+        out, late = await wall.settle(payment(wall), wall.requirements[0])
     assert (out.kind, out.reason) == (SettleKind.FAILED, "settle_timeout: no answer within 0.2s")
+    assert out.answered is False
+    # The call goes on past the deadline (the late-answer window); here it never answers.
+    assert late is not None and not late.done()
+    late.cancel()

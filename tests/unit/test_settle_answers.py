@@ -235,6 +235,7 @@ async def test_settle_with_deadline_gives_up_at_the_deadline():
     reason = "settle_timeout: no answer within 0.05s"
     assert (out.kind, out.reason, out.transaction) == (SettleKind.FAILED, reason, None)
     assert out.answer == {"error": reason}
+    assert out.answered is False
 
 
 async def test_settle_with_deadline_reads_an_error_reply():
