@@ -309,11 +309,7 @@ class TaskRunner:
         except AgentFailed as failure:
             await self._failed_run(task, payment, failure.reason)
             return
-        except asyncio.CancelledError:
-            # Shutdown (or a cancel) mid-run: paid work that will not be delivered is an
-            # orphan now, not a `working` task beside a completed payment.
-            await asyncio.shield(self._failed_run(task, payment, "agent run interrupted"))
-            raise
+        # A cancel (shutdown past its grace) is the queue's to record: TaskQueue._abandon.
         await failpoint("after-agent")
         if payment is None:
             await self._storage.save_task(done, events=[task_notice(done)])

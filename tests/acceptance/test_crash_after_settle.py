@@ -94,14 +94,16 @@ async def test_sigkill_after_settle_is_orphaned_after_the_agent_budget(
             async with PayingClient(second.url, payer) as client:
                 # Paid, work running: the public status is completed (the agent's budget
                 # has not run out yet, so nobody has judged it).
-                task = (await client.rpc("tasks/get", {"id": task_id})).json()["result"]
+                task = (await client.signed_in_rpc("tasks/get", {"id": task_id})).json()["result"]
                 assert task["metadata"]["x402.payment.status"] in (
                     "payment-completed",
                     "payment-orphaned",
                 )
 
                 async def verdict() -> dict | None:
-                    got = (await client.rpc("tasks/get", {"id": task_id})).json()["result"]
+                    got = (await client.signed_in_rpc("tasks/get", {"id": task_id})).json()[
+                        "result"
+                    ]
                     status = got["metadata"].get("x402.payment.status")
                     return got if status == "payment-orphaned" else None
 

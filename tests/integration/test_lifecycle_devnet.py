@@ -276,7 +276,7 @@ async def test_a_late_settle_answer_is_kept_and_proves_the_orphan_without_rpc(
         faults_reset.reset()
 
         async def verdict() -> dict | None:
-            got = (await client.rpc("tasks/get", {"id": task["id"]})).json()["result"]
+            got = (await client.signed_in_rpc("tasks/get", {"id": task["id"]})).json()["result"]
             return got if got["metadata"]["x402.payment.status"] == "payment-orphaned" else None
 
         done = await until(verdict, timeout=30, what="the orphan proven by the late answer")
