@@ -23,7 +23,6 @@ from bindu.devnet import Devnet, PayingClient
 from bindu.metrics import PAYMENTS
 from bindu.payments.facilitator import make_facilitator_client
 from bindu.payments.records import META_RECOVERED, PaymentStatus
-from bindu.reconcile.alerts import Alerts
 from bindu.reconcile.service import Reconciler
 from bindu.server.embedded import bind, serving
 from bindu.storage.base import Storage
@@ -155,7 +154,6 @@ def reconciler(
     policy: str = "record",
     idempotent: bool = False,
     fulfil=None,
-    hook_url: str | None = None,
     seen: list[Task] | None = None,
 ) -> Reconciler:
     env = devnet.server_env(X402__RECONCILIATION__POLICY=policy)
@@ -164,7 +162,6 @@ def reconciler(
         storage,
         settings.x402,
         facilitator=make_facilitator_client(settings.x402),
-        alerts=Alerts(hook_url, attempts=3, first_delay=0.1),
         fulfil=fulfil,
         notify=(seen.append if seen is not None else None),
         agent_idempotent=idempotent,
@@ -176,20 +173,14 @@ async def test_record_orphans_a_settled_payment_after_the_agents_budget(devnet: 
     record, tx = await settled_and_dead(devnet, storage, budget_left=30)
     seen: list[Task] = []
     before = PAYMENTS.labels(S.ORPHANED.value)._value.get()
-    async with webhook() as (hook_url, received):
-        service = reconciler(devnet, storage, hook_url=hook_url, seen=seen)
-        try:
-            # Still inside the worker's budget: the reconciler leaves it alone.
-            assert await service.run_pass() == []
-            assert record.next_check_at is not None
-            [outcome] = await service.run_pass(now=record.next_check_at)
-
-            async def alerted() -> bool:
-                return len(received) == 1
-
-            await until(alerted, timeout=10, what="the webhook")
-        finally:
-            await service.close()
+    service = reconciler(devnet, storage, seen=seen)
+    try:
+        # Still inside the worker's budget: the reconciler leaves it alone.
+        assert await service.run_pass() == []
+        assert record.next_check_at is not None
+        [outcome] = await service.run_pass(now=record.next_check_at)
+    finally:
+        await service.close()
     assert outcome.written and outcome.decision.verdict.value == "orphaned"
     done = await storage.get_payment(record.id)
     assert done is not None and done.status is S.ORPHANED
@@ -198,8 +189,13 @@ async def test_record_orphans_a_settled_payment_after_the_agents_budget(devnet: 
     task = await storage.get_task(record.task_id)
     assert task is not None and task.state is TaskState.FAILED
     assert task.metadata["x402.payment.status"] == "payment-orphaned"
-    assert [t.id for t in seen] == [record.task_id]  # the payer's push
-    assert received[0]["event"] == "payment.orphaned" and received[0]["transaction"] == tx
+    assert [t.id for t in seen] == [record.task_id]
+    # The operator's webhook, written with the verdict (the outbox delivers it).
+    events = await storage.list_outbox(task_id=record.task_id)
+    hooks = [e for e in events if e.kind == "webhook"]
+    assert [h.body["event"] for h in hooks] == ["payment.orphaned"]
+    assert hooks[0].body["transaction"] == tx
+    assert hooks[0].body["reason"].startswith("work not delivered")
     assert PAYMENTS.labels(S.ORPHANED.value)._value.get() == before + 1
 
 
