@@ -241,7 +241,7 @@ async def test_agent_failure_after_settle_reaches_the_operator_once(
     assert claims["taskId"] == task["id"]
     [alert] = operator.bodies()
     assert (alert["event"], alert["taskId"]) == ("payment.orphaned", task["id"])
-    assert alert["transaction"] and alert["reason"].startswith("agent failed")
+    assert alert["transaction"] and alert["reason"].startswith("work not delivered: agent failed")
 
 
 async def _has(receiver: Receiver) -> bool:
