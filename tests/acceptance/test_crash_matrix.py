@@ -39,7 +39,7 @@ AMOUNT = 10_000
 # Every deadline is small, so "resolved within the deadlines" is a short wait.
 SETTINGS = {
     "X402__SETTLE_TIMEOUT_SECONDS": "3",
-    "X402__VERIFY_TIMEOUT_SECONDS": "10",
+    "X402__VERIFY_TIMEOUT_SECONDS": "3",
     "X402__LATE_ANSWER_SECONDS": "1",
     "X402__RECONCILIATION__INTERVAL_SECONDS": "0.5",
     "X402__RECONCILIATION__STALE_MARGIN_SECONDS": "1",
@@ -62,6 +62,9 @@ class Step:
 
 
 STEPS = [
+    Step("after-nonce-claim", frozenset({"void"}), failpoint="after-claim"),
+    Step("during-verify", frozenset({"void"}), faults={"verify_delay_seconds": 30}),
+    Step("verified-not-queued", frozenset({"void"}), failpoint="after-verify"),
     Step(
         "verified-and-queued",
         frozenset({"delivered"}),
@@ -75,6 +78,9 @@ STEPS = [
         frozenset({"orphaned"}),
         faults={"settle_delay_seconds": 60},
     ),
+    Step("after-settle-before-agent", frozenset({"orphaned"}), failpoint="after-settled"),
+    Step("during-agent", frozenset({"orphaned"}), agent_seconds="60"),
+    Step("after-agent-before-save", frozenset({"orphaned"}), failpoint="after-agent"),
 ]
 
 
@@ -89,7 +95,7 @@ async def test_sigkill_at_each_step_ends_in_one_proven_outcome(
 ):
     payer = await devnet.new_payer(10 * AMOUNT)
     balance = await devnet.balance_of(payer.address)
-    settles = devnet.stats.settle
+    settles, before = devnet.stats.settle, devnet.stats.verify
     runs_file = tmp_path / "runs.txt"
     failpoint_file = tmp_path / "failpoint"
     async with storage_env(kind, tmp_path) as store, webhook_receiver() as hook:
@@ -106,7 +112,7 @@ async def test_sigkill_at_each_step_ends_in_one_proven_outcome(
         try:
             request = asyncio.create_task(client.send_text("crash me", blocking=False))
             await until(
-                lambda: kill_point(step, devnet, payer.address, failpoint_file, runs_file, settles),
+                lambda: kill_point(step, devnet, payer.address, failpoint_file, runs_file, before),
                 timeout=30,
                 what=f"the server to reach {step.name}",
             )
@@ -162,16 +168,17 @@ async def test_sigkill_at_each_step_ends_in_one_proven_outcome(
 
 
 async def kill_point(
-    step: Step, devnet: Devnet, payer: str, failpoint_file: Path, runs_file: Path, settles: int
+    step: Step, devnet: Devnet, payer: str, failpoint_file: Path, runs_file: Path, verifies: int
 ) -> bool:
     if step.failpoint:
         return reached(failpoint_file, step.failpoint)
     if step.faults.get("verify_delay_seconds"):
-        return devnet.stats.verify > 0 and devnet.stats.settle == settles  # verify in flight
+        # The request's /verify reached the facilitator, which holds its answer back.
+        return devnet.stats.verify > verifies
     if step.faults.get("settle_delay_seconds"):
         # /settle was sent and the transfer is on chain; the answer is held back.
         landed = await devnet.transfer_logs(payer, devnet.info.pay_to)
-        return devnet.stats.settle == settles + 1 and len(landed) == 1
+        return len(landed) == 1
     return agents.count_runs(str(runs_file)) >= 1  # the agent is running
 
 

@@ -1,6 +1,7 @@
 """The durable queue with real `bindu serve` processes (issue 9, must hold 5): tasks queued
 behind a slow agent survive SIGKILL and each runs exactly once; with two replicas on
-Postgres, the tasks a killed replica held are finished by the other."""
+Postgres, the tasks a killed replica held are finished by the other (failed as interrupted
+for an agent that is not idempotent, completed when SERVER__AGENT_IDEMPOTENT=true)."""
 
 from __future__ import annotations
 
@@ -146,3 +147,39 @@ async def test_two_replicas_one_killed_mid_run_the_other_finishes_its_tasks(tmp_
     assert completed | failed == set(ids) and completed <= set(ran)
     log = (tmp_path / "b.log").read_text()
     assert "interrupted" in log or not failed
+
+
+@pytest.mark.postgres
+async def test_an_idempotent_agents_interrupted_runs_finish_on_the_other_replica(tmp_path):
+    runs_file = tmp_path / "runs.txt"
+    async with fresh_schema() as schema:
+        env = base_env(
+            runs_file,
+            STORAGE__URL=PG_URL,
+            STORAGE__SCHEMA=schema,
+            SERVER__WORKERS="2",
+            SERVER__AGENT_IDEMPOTENT="true",
+            BINDU_TEST_AGENT_SECONDS="0.3",
+        )
+        doomed = await ServerProcess("tests.support.agents:slow", env, tmp_path / "a.log").start()
+        other = await ServerProcess("tests.support.agents:slow", env, tmp_path / "b.log").start()
+        try:
+            ids = await queue_tasks(doomed.url, 20)
+
+            async def both_working() -> bool:
+                return sum(runs(runs_file).values()) >= 6
+
+            await until(both_working, timeout=30, what="both replicas running tasks")
+            doomed.kill()
+            final = await until(
+                lambda: all_final(other.url, ids), timeout=60, interval=0.3, what="all final"
+            )
+        finally:
+            doomed.kill()
+            other.stop()
+    # Every task completed, the killed replica's leased ones on the other replica; a run
+    # the kill cut short is the only kind that ran twice.
+    assert {t["status"]["state"] for t in final.values()} == {"completed"}
+    ran = runs(runs_file)
+    assert set(ran) == set(ids) and set(ran.values()) <= {1, 2}
+    assert sum(1 for n in ran.values() if n == 2) <= 2  # at most one per killed worker
