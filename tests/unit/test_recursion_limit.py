@@ -1,10 +1,10 @@
-"""py_ecc (imported through x402's EVM signer) raises the recursion limit to 100,000 at
-import; the app pins it back so deep recursion raises RecursionError instead of
-overflowing the C stack (SIGSEGV, exit 139: reproduced against `bindu serve`)."""
+"""A dependency may raise the recursion limit at import (py_ecc, pulled in by some
+eth-account versions, sets 100,000); the app pins it back so deep recursion raises
+RecursionError instead of overflowing the C stack (SIGSEGV, exit 139: reproduced against
+`bindu serve`). The test raises the limit itself: whether py_ecc is installed depends on
+the pinned versions."""
 
 import sys
-
-import py_ecc  # noqa: F401  (the import that raises the limit)
 
 from bindu.server.app import RECURSION_LIMIT, create_app
 from bindu.settings import Settings
