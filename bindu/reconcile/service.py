@@ -9,7 +9,6 @@ compare-and-set on the status, together with the task's metadata.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 import time
@@ -24,6 +23,7 @@ from x402.http import HTTPFacilitatorClient
 from x402.schemas import PaymentPayload, PaymentRequirements
 
 from bindu.a2a import Task, TaskState, utcnow
+from bindu.aio import wait_event
 from bindu.metrics import CLAIMS_SWEPT, PASS_SECONDS, PAYMENTS, RECONCILE_ERRORS, VERDICTS
 from bindu.payments.events import (
     OutboxEvent,
@@ -130,8 +130,7 @@ class Reconciler:
                 RECONCILE_ERRORS.labels("pass").inc()
                 logger.exception("reconciliation pass failed")
             # Sleep one interval, or less when this process just saw a payment fail.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._woken.wait(), self._config.interval_seconds)
+            await wait_event(self._woken, self._config.interval_seconds)
             self._woken.clear()
 
     def wake(self) -> None:

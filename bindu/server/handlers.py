@@ -30,7 +30,6 @@ from bindu.payments.records import META_STATUS, PaymentStatus, PaymentUpdate
 from bindu.payments.task_meta import with_payment_meta
 from bindu.server.auth.principal import Caller, may_access, owner_of_new_task
 from bindu.server.jsonrpc import (
-    INTERNAL_ERROR,
     INVALID_PARAMS,
     TASK_NOT_CANCELABLE,
     TASK_NOT_FOUND,
@@ -38,7 +37,7 @@ from bindu.server.jsonrpc import (
     RpcError,
 )
 from bindu.server.push_targets import UnsafeTarget, check_target, normalise_host
-from bindu.server.task_manager import TaskManager
+from bindu.server.task_manager import Busy, TaskManager
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -177,7 +176,9 @@ class Handlers:
                 task=task,
             )
             if recorded is None:
-                raise RpcError(INTERNAL_ERROR, "payment record vanished before the task started")
+                # Verify outlived its deadline and the sweep freed the claim: no settle was
+                # sent, so nothing moved; the payer may send the same payment again.
+                raise Busy("payment verification took too long; nothing was charged", 1)
         if push is not None:
             await self._storage.set_push_config(task.id, push.wire())
         await failpoint("after-queue")  # tests: killed with the task queued, not yet started

@@ -31,6 +31,7 @@ from loguru import logger
 from pydantic import ValidationError
 
 from bindu.a2a import PushNotificationConfig, utcnow
+from bindu.aio import wait_event
 from bindu.metrics import OUTBOX_DELIVERIES, PUSH_DELIVERIES, WEBHOOK_FAILURES
 from bindu.payments.events import OutboxItem, OutboxStatus
 from bindu.server.push_targets import UnsafeTarget, check_target, normalise_host
@@ -108,13 +109,7 @@ class OutboxService:
     async def run(self) -> None:
         while True:
             await self.pump()
-            # asyncio.wait, not wait_for: on 3.11 wait_for can swallow a cancellation that
-            # arrives as the event is set (a write woke us at shutdown), and run() never ends.
-            waiter = asyncio.ensure_future(self._woken.wait())
-            try:
-                await asyncio.wait([waiter], timeout=self._settings.poll_seconds)
-            finally:
-                waiter.cancel()
+            await wait_event(self._woken, self._settings.poll_seconds)
             self._woken.clear()
 
     def wake(self) -> None:

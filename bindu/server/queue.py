@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from loguru import logger
 
 from bindu.a2a import Task, TaskState, utcnow
+from bindu.aio import wait_event
 from bindu.errors import StorageError
 from bindu.metrics import PAYMENTS, TASKS
 from bindu.payments.events import alert_events, log_alert, task_notice
@@ -136,8 +137,7 @@ class TaskQueue:
                     )
                 if claimed and len(claimed) == free:
                     continue  # maybe more are due; a finishing run wakes us for them
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), server.queue_poll_seconds)
+            await wait_event(self._wake, server.queue_poll_seconds)
 
     async def _take(self, task: Task) -> None:
         renewer = asyncio.create_task(self._renew(task.id), name=f"lease:{task.id}")
