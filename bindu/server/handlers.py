@@ -6,7 +6,6 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
-from loguru import logger
 from pydantic import BaseModel, ValidationError
 
 from bindu.a2a import (
@@ -220,36 +219,39 @@ class Handlers:
         task = await self._task_for(params.id, caller)
         canceled = task.with_status(TaskState.CANCELED, "canceled by the client")
         payment = await self._storage.get_payment_for_task(task.id)
-        if payment is not None:
-            canceled = with_payment_meta(canceled, PaymentStatus.FAILED, error=_CANCEL_REASON)
-        # Compare-and-set against the queue: a worker that started the task first wins.
-        won = task.state is TaskState.SUBMITTED and await self._storage.transition_task(
-            canceled, expected={TaskState.SUBMITTED}, events=[task_notice(canceled)]
-        )
-        if not won:
-            state = task.state if task.state is not TaskState.SUBMITTED else TaskState.WORKING
-            raise RpcError(TASK_NOT_CANCELABLE, f"Task cannot be canceled in state {state}")
+        if task.state is not TaskState.SUBMITTED:
+            raise RpcError(TASK_NOT_CANCELABLE, f"Task cannot be canceled in state {task.state}")
         if payment is None:
-            self._tm.notify(canceled)
-            return render(canceled)
-        # Never sent to /settle; whether the authorization is spent elsewhere is for the
-        # reconciler to prove (void once it expires unused).
-        now = utcnow()
-        moved = await self._storage.transition_payment(
-            payment.id,
-            {PaymentStatus.VERIFIED},
-            PaymentUpdate(
-                status=PaymentStatus.FAILED,
-                error=_CANCEL_REASON,
-                next_check_at=now,
-                # Marks the work as unwanted: even the fulfill policy must not settle it.
-                answer={"source": "cancel", "at": now.isoformat()},
-            ),
-            now=now,
-        )
-        if moved is None:
-            # The task is canceled, so no worker will settle it; the payment's owner judges it.
-            logger.warning("payment {} moved on before the cancel reached it", payment.id)
+            # Compare-and-set against the queue: a worker that started the task first wins.
+            won = await self._storage.transition_task(
+                canceled, expected={TaskState.SUBMITTED}, events=[task_notice(canceled)]
+            )
+        else:
+            # One write for the task and its payment, so no crash leaves a queued payment
+            # beside a canceled task. The payment's compare-and-set is the race with the
+            # worker (which moves it to settling before /settle): whoever writes first wins.
+            # Never sent to /settle; whether the authorization is spent elsewhere is for
+            # the reconciler to prove (void once it expires unused).
+            canceled = with_payment_meta(canceled, PaymentStatus.FAILED, error=_CANCEL_REASON)
+            now = utcnow()
+            won = None is not await self._storage.transition_payment(
+                payment.id,
+                {PaymentStatus.VERIFIED},
+                PaymentUpdate(
+                    status=PaymentStatus.FAILED,
+                    error=_CANCEL_REASON,
+                    next_check_at=now,
+                    # Marks the work as unwanted: even the fulfill policy must not settle it.
+                    answer={"source": "cancel", "at": now.isoformat()},
+                ),
+                now=now,
+                task=canceled,
+                events=[task_notice(canceled)],
+            )
+        if not won:
+            raise RpcError(
+                TASK_NOT_CANCELABLE, f"Task cannot be canceled in state {TaskState.WORKING}"
+            )
         self._tm.notify(canceled)
         return render(canceled)
 

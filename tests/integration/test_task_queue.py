@@ -113,6 +113,39 @@ async def test_cancel_wins_over_a_queued_run_and_the_agent_never_sees_it():
     assert queued not in gate.ran and busy in gate.ran
 
 
+@pytest.mark.devnet
+async def test_cancel_of_a_queued_paid_task_writes_task_and_payment_at_once(
+    devnet: Devnet, tmp_path
+):
+    """One write moves the task to canceled and its payment to failed (cancel-marked, for
+    the reconciler to prove void): no crash can leave a queued payment beside a canceled
+    task, and /settle is never sent for it."""
+    gate = Gate()
+    payer = await devnet.new_payer(10 * AMOUNT)
+    env = devnet.server_env(STORAGE__URL=f"sqlite:///{tmp_path}/bindu.db", SERVER__WORKERS="1")
+    storage = MemoryStorage()
+    async with inprocess_server(settings_from_env(env), gate, storage=storage) as url:
+        async with PayingClient(url, payer) as client:
+            await client.send_text("runs", blocking=False)
+            await until(lambda: _ran(gate, 1), what="the first paid run")
+            settles = devnet.stats.settle
+            waiting = await client.send_text("waits", blocking=False)
+            task_id = waiting.response.json()["result"]["id"]
+            canceled = await client.signed_in_rpc("tasks/cancel", {"id": task_id})
+            result = canceled.json()["result"]
+            assert result["status"]["state"] == "canceled"
+            assert result["metadata"]["x402.payment.status"] == "payment-failed"
+            record = await storage.get_payment_for_task(task_id)
+            assert record is not None and record.status.value == "payment-failed"
+            assert [a["source"] for a in record.answers] == ["cancel"]
+            stored = await storage.get_task(task_id)
+            assert stored is not None and stored.state is TaskState.CANCELED
+            gate.open.set()
+            await until(lambda: _all_final(storage, 2), timeout=30, what="both paid tasks")
+        assert devnet.stats.settle == settles  # the first run had settled already
+    assert len(gate.ran) == 1
+
+
 async def test_shutdown_past_grace_fails_an_unpaid_run_with_a_reason():
     gate = Gate()  # never opened: the run outlives the grace
     storage = MemoryStorage()
