@@ -5,50 +5,20 @@ call; the agent never runs (SQLite and Postgres)."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 from bindu.devnet import Devnet, PayingClient
-from bindu.server.embedded import bind, serving
 from tests.support import agents
-from tests.support.postgres import PG_URL, fresh_schema
+from tests.support.paid import storage_env
+from tests.support.receiver import webhook_receiver
 from tests.support.servers import ServerProcess
 from tests.support.waiting import until
 
 pytestmark = pytest.mark.devnet
 
 AMOUNT = 10_000
-
-
-@asynccontextmanager
-async def storage_env(kind: str, tmp_path: Path) -> AsyncIterator[dict[str, str]]:
-    if kind == "sqlite":
-        yield {"STORAGE__URL": f"sqlite:///{tmp_path}/bindu.db"}
-        return
-    async with fresh_schema() as schema:
-        yield {"STORAGE__URL": PG_URL, "STORAGE__SCHEMA": schema}
-
-
-@asynccontextmanager
-async def webhook() -> AsyncIterator[tuple[str, list[dict]]]:
-    received: list[dict] = []
-
-    async def hook(request: Request) -> Response:
-        received.append(json.loads(await request.body()))
-        return Response(status_code=204)
-
-    sock = bind()
-    app = Starlette(routes=[Route("/hook", hook, methods=["POST"])])
-    async with serving(app, sock, lifespan="off"):
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}/hook", received
 
 
 @pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -59,12 +29,12 @@ async def test_sigkill_after_settle_is_orphaned_after_the_agent_budget(
     runs_file = tmp_path / "runs.txt"
     reached = tmp_path / "failpoint"
     settles = devnet.stats.settle
-    async with storage_env(kind, tmp_path) as store, webhook() as (hook_url, received):
+    async with storage_env(kind, tmp_path) as store, webhook_receiver() as hook:
         env = devnet.server_env(
             SERVER__AGENT_TIMEOUT_SECONDS="3",
             X402__RECONCILIATION__INTERVAL_SECONDS="0.5",
             X402__RECONCILIATION__STALE_MARGIN_SECONDS="1",
-            X402__RECONCILIATION__WEBHOOK_URL=hook_url,
+            X402__RECONCILIATION__WEBHOOK_URL=hook.url,
             **store,
         )
         env[agents.RUNS_FILE_ENV] = str(runs_file)
@@ -110,7 +80,7 @@ async def test_sigkill_after_settle_is_orphaned_after_the_agent_budget(
                 task = await until(verdict, timeout=40, interval=0.2, what="orphaned verdict")
 
                 async def alerted() -> bool:
-                    return len(received) >= 1
+                    return len(hook.events) >= 1
 
                 await until(alerted, timeout=20, what="the webhook")
         finally:
@@ -119,7 +89,7 @@ async def test_sigkill_after_settle_is_orphaned_after_the_agent_budget(
     assert task["metadata"]["x402.payment.error"].startswith("work not delivered")
     [receipt] = task["metadata"]["x402.payment.receipts"]
     assert receipt["transaction"] == log["transaction_hash"]
-    [event] = received
+    [event] = hook.events
     assert event["event"] == "payment.orphaned" and event["transaction"] == log["transaction_hash"]
     assert agents.count_runs(str(runs_file)) == 0  # never re-run: the agent is not idempotent
     assert devnet.stats.settle == settles + 1
